@@ -1,0 +1,1 @@
+"""Haoqing's runtime: configuration, storage, dispatch, effects, channels and the web server."""

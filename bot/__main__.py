@@ -1,0 +1,43 @@
+"""Command line: `python -m bot run` serves the bot; `python -m bot diagram` prints the dialog diagram."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from bot.config import Settings
+from bot.structured_logs import configure
+
+
+async def _run(settings: Settings) -> None:
+    from bot.server import start_server
+
+    server = await start_server(settings)
+    print(f"Haoqing is serving on {server.url}/  (web chat)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot")
+    parser.add_argument("command", choices=["run", "diagram"])
+    args = parser.parse_args(argv)
+    if args.command == "diagram":
+        from dialogs.machine import mermaid
+
+        sys.stdout.write(mermaid())
+        return 0
+    settings = Settings()
+    configure(settings.log_level, settings.log_file)
+    asyncio.run(_run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

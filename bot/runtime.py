@@ -1,0 +1,61 @@
+"""Everything a request handler needs, built once from Settings and passed in (no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bot.config import Settings
+from bot.dispatch import Dispatcher
+from bot.effects import EffectRunner
+from bot.i18n import Catalog
+from bot.locks import KeyedLocks
+from bot.otp import OtpService
+from bot.storage import Database
+from bot.vault import Vault
+from integrations.registry import RegistryClient
+from integrations.sms.base import SmsGateway
+from integrations.sms.sandbox import SandboxSmsGateway
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    vault: Vault
+    catalog: Catalog
+    sms: SmsGateway
+    registry: RegistryClient
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
+    otp: OtpService = field(init=False)
+    effects: EffectRunner = field(init=False)
+    dispatcher: Dispatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.otp = OtpService(self.db, self.vault, self.sms, self.settings)
+        self.effects = EffectRunner(self)
+        self.dispatcher = Dispatcher(self)
+        self._labels: dict[str, dict[str, str]] = {}
+
+    @property
+    def sandbox_sms(self) -> SandboxSmsGateway | None:
+        return self.sms if isinstance(self.sms, SandboxSmsGateway) else None
+
+    async def close(self) -> None:
+        await self.registry.close()
+        await self.sms.close()
+        await self.db.close()
+
+
+def build_sms(settings: Settings) -> SmsGateway:
+    if settings.sms_provider == "tencent":
+        from integrations.sms.tencent import TencentSmsGateway
+
+        missing = [name for name in ("tencent_secret_id", "tencent_secret_key", "tencent_sms_app_id",
+                                     "tencent_sms_sign_name", "tencent_sms_template_id")
+                   if not getattr(settings, name)]
+        if missing:
+            raise SystemExit("SMS_PROVIDER=tencent needs " + ", ".join(m.upper() for m in missing))
+        return TencentSmsGateway(settings.tencent_secret_id, settings.tencent_secret_key,
+                                 settings.tencent_sms_app_id, settings.tencent_sms_sign_name,
+                                 settings.tencent_sms_template_id)
+    return SandboxSmsGateway()

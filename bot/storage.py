@@ -1,0 +1,164 @@
+"""Tables and the database engine. Holds no plain phone or ID number: only keyed hashes,
+masked forms and AES-GCM ciphertext (see bot/vault.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint, event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel import Field, SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("channel", "external_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=16)
+    # Channel's own id (Telegram chat id, WeChat openid, or the hash of a web chat session token).
+    external_id: str = Field(max_length=128)
+    lang: str = Field(default="zh_CN", max_length=8)
+    active: bool = True
+    reminders_on: bool = True
+    created_at: datetime = Field(default_factory=utcnow)
+    last_seen_at: datetime = Field(default_factory=utcnow)
+    # Next sequence number for messages to this user (web chat ?after=N).
+    next_seq: int = 1
+
+
+class Conversation(SQLModel, table=True):
+    __tablename__ = "conversations"
+    user_id: int = Field(primary_key=True, foreign_key="users.id")
+    state: str = Field(default="", max_length=64)
+    data: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    # Optimistic concurrency: every step bumps it; a stale writer fails instead of overwriting.
+    version: int = 0
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class InboxItem(SQLModel, table=True):
+    """One delivery from a channel; the unique key makes redelivery a no-op."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (UniqueConstraint("channel", "dedupe_key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(max_length=16)
+    dedupe_key: str = Field(max_length=160)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    status: str = Field(default="received", max_length=16)  # received | done
+    received_at: datetime = Field(default_factory=utcnow)
+    done_at: datetime | None = None
+    # The rendered answer, so a repeated delivery gets the first answer again.
+    response: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class OutboxMessage(SQLModel, table=True):
+    """Every message to a user; channels with push senders pick up `pending` rows."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("user_id", "seq"), Index("ix_outbox_pending", "channel", "status"))
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id")
+    channel: str = Field(max_length=16)
+    seq: int
+    inbox_id: int | None = Field(default=None, foreign_key="inbox.id")
+    kind: str = Field(default="reply", max_length=16)  # reply | push
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="pending", max_length=16)  # pending | sent | failed
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+
+
+class ConsentRecord(SQLModel, table=True):
+    __tablename__ = "consents"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    version: str = Field(max_length=32)
+    accepted: bool
+    at: datetime = Field(default_factory=utcnow)
+
+
+class OtpChallenge(SQLModel, table=True):
+    __tablename__ = "otp_challenges"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    phone_hash: str = Field(max_length=64, index=True)
+    phone_enc: str = Field(max_length=256)
+    phone_masked: str = Field(max_length=16)
+    salt: str = Field(max_length=32)
+    code_hash: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    expires_at: datetime
+    attempts: int = 0
+    consumed_at: datetime | None = None
+    void: bool = False
+
+
+class Verification(SQLModel, table=True):
+    __tablename__ = "verifications"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    phone_hash: str = Field(max_length=64, index=True)
+    phone_enc: str = Field(max_length=256)
+    phone_masked: str = Field(max_length=16)
+    method: str = Field(max_length=16)  # sms | contact
+    verified_at: datetime = Field(default_factory=utcnow)
+
+
+class Database:
+    """The engine plus a session factory; SQLite gets WAL, a busy timeout and a single writer."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            # One connection: SQLite has one writer anyway, and this avoids SQLITE_BUSY upgrade deadlocks.
+            kwargs.update(pool_size=1, max_overflow=0, connect_args={"timeout": 30})
+        else:
+            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+
+    async def create_all(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(SQLModel.metadata.create_all)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self._sessions() as session:
+            yield session
+
+    async def ping(self) -> bool:
+        from sqlalchemy import text
+
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+__all__ = ["ConsentRecord", "Conversation", "Database", "InboxItem", "OtpChallenge",
+           "OutboxMessage", "User", "Verification", "utcnow"]

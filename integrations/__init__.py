@@ -1,0 +1,1 @@
+"""Every outside system behind a small interface, each with an embedded default."""

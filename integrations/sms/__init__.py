@@ -1,0 +1,1 @@
+"""SMS gateways: the sandbox (default) and real providers."""

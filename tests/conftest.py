@@ -1,0 +1,131 @@
+"""Shared fixtures: a real server on a loopback port, and a web chat client that speaks the JSON contract."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.config import Settings
+from bot.server import RunningServer, start_server
+from bot.structured_logs import JsonFormatter
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "data_dir": tmp_path, "secret_key": "test-secret-key"}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def log_capture() -> Any:
+    """Every log line of the test, formatted exactly as production formats it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    srv = await start_server(make_settings(tmp_path))
+    yield srv
+    await srv.stop()
+
+
+@dataclass
+class Chat:
+    """A web chat user driving the public API, as the page does."""
+
+    http: aiohttp.ClientSession
+    base: str
+    session: str = ""
+    transcript: list[dict[str, Any]] = field(default_factory=list)
+    last: list[dict[str, Any]] = field(default_factory=list)
+    counter: int = 0
+
+    async def open(self, lang: str = "zh_CN") -> Chat:
+        async with self.http.post(f"{self.base}/chat/api/sessions", json={"lang": lang}) as r:
+            assert r.status == 201, await r.text()
+            self.session = (await r.json())["session"]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/chat/api/sessions/{self.session}/messages"
+
+    async def send(self, body: dict[str, Any], expect: int = 200) -> list[dict[str, Any]]:
+        if "id" not in body:
+            self.counter += 1
+            body = {"id": f"m{self.counter}", **body}
+        async with self.http.post(self.url, json=body) as r:
+            payload = await r.json()
+            assert r.status == expect, payload
+        self.last = payload.get("messages", [])
+        self.transcript.extend(self.last)
+        return self.last
+
+    async def say(self, text: str) -> list[dict[str, Any]]:
+        return await self.send({"text": text})
+
+    async def pick(self, choice: str) -> list[dict[str, Any]]:
+        offered = [c["id"] for m in self.last for c in m.get("choices", [])]
+        assert choice in offered, f"{choice!r} not offered; offered {offered}: {self.text}"
+        return await self.send({"choice": choice})
+
+    @property
+    def text(self) -> str:
+        return "\n".join(m["text"] for m in self.last)
+
+    async def latest_code(self, phone: str) -> str:
+        async with self.http.get(f"{self.base}/sandbox/sms", params={"phone": phone}) as r:
+            texts = await r.json()
+        match = re.search(r"\b(\d{6})\b", texts[-1]["text"])
+        assert match, texts[-1]
+        return match.group(1)
+
+    async def demo(self, kind: str) -> dict[str, Any]:
+        async with self.http.get(f"{self.base}/sandbox/registry/numbers", params={"kind": kind}) as r:
+            assert r.status == 200, await r.text()
+            return (await r.json())[0]
+
+    async def verify(self, phone: str) -> None:
+        """Menu → lookup → consent → phone → code, ending on the lookup result."""
+        await self.say("/start")
+        await self.pick("lookup")
+        if any(c["id"] == "agree" for m in self.last for c in m.get("choices", [])):
+            await self.pick("agree")
+        await self.say(phone)
+        await self.say(await self.latest_code(phone))
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def chat(server: RunningServer, http: aiohttp.ClientSession) -> Chat:
+    return await Chat(http, server.url).open()
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
