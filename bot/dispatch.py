@@ -98,7 +98,8 @@ class Dispatcher:
                 async with self.rt.db.session() as session:
                     item = await session.get(InboxItem, inbox_id)
                     if item is not None and item.status == "done":
-                        return json.loads(item.response or "[]")
+                        replayed: list[dict[str, Any]] = json.loads(item.response or "[]")
+                        return replayed
             return await self._step(user, incoming, inbox_id)
 
     async def _record_delivery(self, user_id: int, incoming: Incoming) -> tuple[int | None, list[Any] | None]:

@@ -61,30 +61,30 @@ class EffectRunner:
     async def _consent_record(self, args: Mapping[str, Any], ctx: EffectContext) -> None:
         async with self.rt.db.session() as session:
             session.add(ConsentRecord(user_id=_uid(ctx), version=str(args["version"]),
-                                      accepted=bool(args["accepted"]), at=_naive(ctx.now)))
+                                      accepted=bool(args["accepted"]), at=ctx.now))
             await session.commit()
         return None
 
     async def _otp_send(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
-        outcome = await self.rt.otp.send(_uid(ctx), str(args["phone"]), self._sms_text(ctx.lang), _naive(ctx.now))
+        outcome = await self.rt.otp.send(_uid(ctx), str(args["phone"]), self._sms_text(ctx.lang), ctx.now)
         return outcome.__dict__
 
     async def _otp_resend(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         challenge_id = args.get("challenge_id")
         if not isinstance(challenge_id, int):
             return {"ok": False, "reason": "failed"}
-        outcome = await self.rt.otp.resend(_uid(ctx), challenge_id, self._sms_text(ctx.lang), _naive(ctx.now))
+        outcome = await self.rt.otp.resend(_uid(ctx), challenge_id, self._sms_text(ctx.lang), ctx.now)
         return outcome.__dict__
 
     async def _otp_check(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         challenge_id = args.get("challenge_id")
         if not isinstance(challenge_id, int):
             return {"ok": False, "reason": "invalid"}
-        outcome = await self.rt.otp.check(_uid(ctx), challenge_id, str(args["code"]), _naive(ctx.now))
+        outcome = await self.rt.otp.check(_uid(ctx), challenge_id, str(args["code"]), ctx.now)
         return outcome.__dict__
 
     async def _contact_verify(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
-        outcome = await self.rt.otp.verify_contact(_uid(ctx), str(args["phone"]), _naive(ctx.now))
+        outcome = await self.rt.otp.verify_contact(_uid(ctx), str(args["phone"]), ctx.now)
         return outcome.__dict__
 
     async def _registry_lookup(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
@@ -142,6 +142,3 @@ def _uid(ctx: EffectContext) -> int:
     assert ctx.user.id is not None
     return ctx.user.id
 
-
-def _naive(now: datetime) -> datetime:
-    return now.replace(tzinfo=None)

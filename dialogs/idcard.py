@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
-IdReason = Literal[
-    "ok", "empty", "legacy_15", "length", "chars", "area", "birth_date", "future_birth", "checksum"
-]
+IdReason = Literal["ok", "empty", "legacy_15", "length", "chars", "area", "birth_date", "future_birth", "checksum"]
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_CHARS = "10X98765432"

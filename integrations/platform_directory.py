@@ -17,7 +17,7 @@ Difficulty = Literal["easy", "medium", "hard", "impossible"]
 
 CATEGORIES: tuple[str, ...] = (
     "social",
-    "content",
+    "news",
     "video",
     "payment",
     "bank",

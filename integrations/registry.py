@@ -23,7 +23,7 @@ SIGNATURE_HEADER = "X-Registry-Signature"
 Tenure = Literal["previous", "current"]
 TagKind = Literal["new_holder", "clear_harassment"]
 
-_PHONE_RE = re.compile(r"1[3-9]\d{9}")
+_PHONE_RE = re.compile(r"1[3-9][0-9]{9}")
 # Request ids and tag codes go into URL paths; anything else could walk to another route.
 _PATH_TOKEN_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
 

@@ -17,8 +17,8 @@ from dialogs.idcard import (
 )
 
 TODAY = date(2026, 6, 1)
-PROVINCES = [11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46,
-             50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82, 83, 91]
+PROVINCES = [*range(11, 16), *range(21, 24), *range(31, 38), *range(41, 47), *range(50, 55), *range(61, 66)]
+PROVINCES += [71, 81, 82, 83, 91]
 
 
 def test_known_valid_example() -> None:

@@ -18,24 +18,21 @@ from integrations.platform_directory import (
     parse_directory,
 )
 
-REQUIRED_CATEGORIES = {
-    "social", "payment", "bank", "shopping", "travel", "cloud_drive", "mail", "education",
-    "device_id", "railway", "video", "local_services", "securities",
-}
-REQUIRED_IDS = {
-    "weibo", "taobao", "meituan", "dianping", "douyin", "toutiao", "xiaomi", "wechat", "qq", "alipay",
-    "baidu", "jd", "kuaishou", "zhihu", "pinduoduo", "bilibili", "xiaohongshu", "netease_mail",
-    "baidu_netdisk", "ctrip", "railway12306", "eleme", "didi", "amap", "xianyu", "douban", "huawei_id",
-    "apple_id", "cmb", "icbc", "chsi",
-}
+REQUIRED_CATEGORIES = set(
+    "social payment bank shopping travel cloud_drive mail education device_id railway video local_services"
+    " securities".split()
+)
+REQUIRED_IDS = set(
+    "weibo taobao meituan dianping douyin toutiao xiaomi wechat qq alipay baidu jd kuaishou zhihu pinduoduo"
+    " bilibili xiaohongshu netease_mail baidu_netdisk ctrip railway12306 eleme didi amap xianyu douban"
+    " huawei_id apple_id cmb icbc chsi".split()
+)
 # The CAICT 码号服务平台 一键解绑 launch set.
-REGISTRY_UNBIND = {"weibo", "taobao", "meituan", "dianping", "douyin", "toutiao", "xiaomi"}
+REGISTRY_UNBIND = set("weibo taobao meituan dianping douyin toutiao xiaomi".split())
 
 URL_LIKE = re.compile(r"https?:|www\.|://|[A-Za-z0-9-]\.(?:com|cn|net|org|gov|edu|me|io)\b", re.IGNORECASE)
 # Mobile numbers, landlines, 400/800 lines, 95xxx/96xxx service lines, and any long run of digits.
-PHONE_LIKE = re.compile(
-    r"(?<!\d)(?:1[3-9]\d{9}|0\d{2,3}-?\d{7,8}|[48]00-?\d{3}-?\d{4}|9[56]\d{3,4})(?!\d)|\d{7,}"
-)
+PHONE_LIKE = re.compile(r"(?<!\d)(?:1[3-9]\d{9}|0\d{2,3}-?\d{7,8}|[48]00-?\d{3}-?\d{4}|9[56]\d{3,4})(?!\d)|\d{7,}")
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +127,14 @@ def test_loading_an_explicit_path(tmp_path: Path) -> None:
 
 def _entry(**overrides: object) -> dict[str, object]:
     entry: dict[str, object] = {
-        "id": "demo", "name_zh": "演示", "name_en": "Demo", "category": "social",
-        "registry_unbind": False, "change_path_zh": "", "change_path_en": "", "difficulty": "easy",
+        "id": "demo",
+        "name_zh": "演示",
+        "name_en": "Demo",
+        "category": "social",
+        "registry_unbind": False,
+        "change_path_zh": "",
+        "change_path_en": "",
+        "difficulty": "easy",
     }
     entry.update(overrides)
     return entry

@@ -168,9 +168,7 @@ async def test_success_sends_the_template_parameters(fake: FakeTencentSms) -> No
         ("InternalError.OtherError", False, True),
     ],
 )
-async def test_provider_error_codes(
-    fake: FakeTencentSms, code: str, per_number: bool, retryable: bool
-) -> None:
+async def test_provider_error_codes(fake: FakeTencentSms, code: str, per_number: bool, retryable: bool) -> None:
     # A provider that echoes the number and code back must not get them into our exception.
     fake.answer_error(code, f"failed for +86{PHONE} with params [{CODE}]", per_number=per_number)
     gateway = make_gateway(fake)

@@ -28,7 +28,9 @@ class PlatformSpec:
         }
 
 
-def _p(pid: str, zh: str, en: str, category: str, popularity: float, since: str, *, unbind: bool = False) -> PlatformSpec:
+def _p(
+    pid: str, zh: str, en: str, category: str, popularity: float, since: str, *, unbind: bool = False
+) -> PlatformSpec:
     return PlatformSpec(pid, zh, en, category, unbind, popularity, date.fromisoformat(since + "-01"))
 
 

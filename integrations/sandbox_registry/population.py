@@ -323,6 +323,7 @@ def _number(rng: random.Random, phone: str, prefix: Prefix) -> NumberRecord:
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS platforms (id TEXT PRIMARY KEY, unbind_supported INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS numbers (
     phone TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -358,7 +359,8 @@ CREATE TABLE IF NOT EXISTS unbind_requests (
     first_response TEXT NOT NULL,
     callback_url TEXT,
     callback_pending INTEGER NOT NULL DEFAULT 0,
-    callback_attempts INTEGER NOT NULL DEFAULT 0
+    callback_attempts INTEGER NOT NULL DEFAULT 0,
+    callback_next_at TEXT
 );
 CREATE INDEX IF NOT EXISTS unbind_requests_open ON unbind_requests (status)
     WHERE status IN ('submitted', 'processing');
@@ -379,7 +381,7 @@ CREATE TABLE IF NOT EXISTS tags (
     created_at TEXT NOT NULL
 );
 """
-OUR_TABLES = ("meta", "numbers", "bindings", "unbind_requests", "unbind_items", "tags")
+OUR_TABLES = ("meta", "platforms", "numbers", "bindings", "unbind_requests", "unbind_items", "tags")
 
 
 class NotASandboxDatabase(RuntimeError):
@@ -417,27 +419,34 @@ def _meta(conn: sqlite3.Connection) -> dict[str, str] | None:
     return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
 
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 def ensure_population(conn: sqlite3.Connection, seed: int) -> bool:
     """Builds the population unless the file already holds this version and seed. True if it built."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         meta = _meta(conn)
-        if meta is not None and meta.get("population_version") == POPULATION_VERSION and meta.get("seed") == str(seed):
-            conn.execute("COMMIT")
-            return False
-        for table in OUR_TABLES:
-            conn.execute(f"DROP TABLE IF EXISTS {table}")
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        insert_records(conn, generate(seed))
-        conn.executemany(
-            "INSERT INTO meta VALUES (?, ?)",
-            [("population_version", POPULATION_VERSION), ("seed", str(seed)),
-             ("reference_date", REFERENCE_DATE.isoformat())],
-        )
+        built = False
+        if meta is None or meta.get("population_version") != POPULATION_VERSION or meta.get("seed") != str(seed):
+            for table in OUR_TABLES:
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+            _create_schema(conn)
+            insert_records(conn, generate(seed))
+            conn.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [("population_version", POPULATION_VERSION), ("seed", str(seed)),
+                 ("reference_date", REFERENCE_DATE.isoformat())],
+            )
+            built = True
+        # Rewritten on every start so the flags always follow the code's catalogue.
+        conn.execute("DELETE FROM platforms")
+        conn.executemany("INSERT INTO platforms VALUES (?, ?)", [(p.id, int(p.unbind_supported)) for p in PLATFORMS])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return True
+    return built

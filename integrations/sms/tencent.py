@@ -144,9 +144,7 @@ class TencentSmsGateway:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not (secret_id and secret_key and sdk_app_id and sign_name and template_id):
-            raise ValueError(
-                "Tencent SMS needs a secret id, secret key, SDK app id, sign name and template id"
-            )
+            raise ValueError("Tencent SMS needs a secret id, secret key, SDK app id, sign name and template id")
         self._secret_id = secret_id
         self._secret_key = secret_key
         self._sdk_app_id = sdk_app_id
@@ -256,9 +254,7 @@ class TencentSmsGateway:
             detail = detail.replace(code, "******")
         detail = detail[:200]
         retryable = is_retryable(error_code)
-        logger.warning(
-            "tencent sms to %s: %s (request %s, retryable=%s)", masked, error_code, request_id, retryable
-        )
+        logger.warning("tencent sms to %s: %s (request %s, retryable=%s)", masked, error_code, request_id, retryable)
         raise SmsError(
             f"tencent sms: {error_code or 'unknown error'}: {detail}".rstrip(": "),
             code=error_code or "Unknown",

@@ -148,12 +148,8 @@ class FakeTencentSms:
         signed = parts.get("SignedHeaders", "").split(";")
         if "content-type" not in signed or "host" not in signed or signed != sorted(signed):
             return "AuthFailure.SignatureFailure"
-        canonical_headers = "".join(
-            f"{name}:{request.headers.get(name, '').strip().lower()}\n" for name in signed
-        )
-        canonical = "\n".join(
-            ["POST", "/", "", canonical_headers, ";".join(signed), hashlib.sha256(body).hexdigest()]
-        )
+        canonical_headers = "".join(f"{name}:{request.headers.get(name, '').strip().lower()}\n" for name in signed)
+        canonical = "\n".join(["POST", "/", "", canonical_headers, ";".join(signed), hashlib.sha256(body).hexdigest()])
         to_sign = "\n".join(
             [
                 "TC3-HMAC-SHA256",
