@@ -24,11 +24,11 @@ class Settings(BaseSettings):
     registry_url: str = Field("", description="Binding registry base URL; empty runs the embedded sandbox.")
     registry_timeout: float = Field(5.0, description="Seconds before a registry call counts as failed.")
     sms_provider: Literal["sandbox", "tencent"] = Field("sandbox", description="SMS gateway for verification codes.")
-    tencent_secret_id: str = ""
-    tencent_secret_key: str = ""
-    tencent_sms_app_id: str = ""
-    tencent_sms_sign_name: str = ""
-    tencent_sms_template_id: str = ""
+    tencent_secret_id: str = Field("", description="Tencent Cloud SecretId (SMS_PROVIDER=tencent).")
+    tencent_secret_key: str = Field("", description="Tencent Cloud SecretKey (SMS_PROVIDER=tencent).")
+    tencent_sms_app_id: str = Field("", description="Tencent SMS SdkAppId.")
+    tencent_sms_sign_name: str = Field("", description="Approved SMS signature (签名).")
+    tencent_sms_template_id: str = Field("", description="Approved template with {1}=code, {2}=minutes.")
     otp_ttl_seconds: int = Field(300, description="How long a verification code stays valid.")
     otp_resend_seconds: int = Field(60, description="Minimum wait between two codes.")
     otp_max_attempts: int = Field(5, description="Wrong codes before a challenge is void.")
@@ -37,16 +37,6 @@ class Settings(BaseSettings):
     otp_global_daily: int = Field(20000, description="Codes per day for the whole bot (SMS-pumping guard).")
     log_level: str = Field("INFO", description="Python logging level.")
     log_file: str = Field("", description="Also write JSON logs to this file.")
-
-    telegram_bot_token: str = ""
-    telegram_api_base_url: str = ""
-    telegram_webhook_url: str = ""
-    telegram_webhook_secret: str = ""
-    wechat_token: str = ""
-    wechat_app_id: str = ""
-    wechat_app_secret: str = ""
-    wechat_aes_key: str = ""
-    wechat_api_base_url: str = ""
 
     @property
     def embedded_registry(self) -> bool:

@@ -210,7 +210,7 @@ def _history(rng: random.Random, status: str, opened: date) -> tuple[date | None
     start = max(opened, released - timedelta(days=_tenure_length(rng)))
     last = [(start, released)]
     older = _earlier_tenures(rng, start, max(0, _previous_count(rng, years_open) - 1), opened)
-    return None, list(reversed(older + last))
+    return None, list(reversed(older)) + last
 
 
 def _bindings(
