@@ -93,7 +93,7 @@ class Dispatcher:
             inbox_id, answer = await self._record_delivery(user.id, incoming)
             if answer is not None:
                 return answer
-        async with self.rt.locks.hold(user.id):
+        async with self.rt.locks.hold(user.id), self.rt.db.user_lock(user.id):
             if inbox_id is not None:
                 async with self.rt.db.session() as session:
                     item = await session.get(InboxItem, inbox_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from bot.config import Settings
@@ -26,6 +27,7 @@ class Runtime:
     sms: SmsGateway
     registry: RegistryClient
     locks: KeyedLocks = field(default_factory=KeyedLocks)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
     otp: OtpService = field(init=False)
     effects: EffectRunner = field(init=False)
     dispatcher: Dispatcher = field(init=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.i18n import Catalog
+from bot.retention import purge_forever
 from bot.runtime import Runtime, build_sms
 from bot.storage import Database
 from bot.vault import Vault
@@ -50,8 +52,12 @@ def create_app(settings: Settings) -> web.Application:
 
     async def startup(_app: web.Application) -> None:
         await db.create_all()
+        rt.background.append(asyncio.create_task(purge_forever(db)))
 
     async def cleanup(_app: web.Application) -> None:
+        for task in rt.background:
+            task.cancel()
+        await asyncio.gather(*rt.background, return_exceptions=True)
         await rt.close()
 
     app.on_startup.append(startup)

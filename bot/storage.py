@@ -140,6 +140,23 @@ class Database:
         async with self._sessions() as session:
             yield session
 
+    @asynccontextmanager
+    async def user_lock(self, user_id: int) -> AsyncIterator[None]:
+        """Serialises one user's steps across worker processes; SQLite has one process, so nothing to do."""
+        if self.is_sqlite:
+            yield
+            return
+        from sqlalchemy import text
+
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": user_id})
+            await conn.commit()
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": user_id})
+                await conn.commit()
+
     async def ping(self) -> bool:
         from sqlalchemy import text
 
