@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     tencent_secret_id: str = Field("", description="Tencent Cloud SecretId (SMS_PROVIDER=tencent).")
     tencent_secret_key: str = Field("", description="Tencent Cloud SecretKey (SMS_PROVIDER=tencent).")
     tencent_sms_app_id: str = Field("", description="Tencent SMS SdkAppId.")
-    tencent_sms_sign_name: str = Field("", description="Approved SMS signature (签名).")
+    tencent_sms_sign_name: str = Field("", description="Approved SMS signature name (SignName).")
     tencent_sms_template_id: str = Field("", description="Approved template with {1}=code, {2}=minutes.")
     otp_ttl_seconds: int = Field(300, description="How long a verification code stays valid.")
     otp_resend_seconds: int = Field(60, description="Minimum wait between two codes.")
@@ -35,6 +35,18 @@ class Settings(BaseSettings):
     otp_per_number_daily: int = Field(5, description="Codes per phone number per day.")
     otp_per_user_daily: int = Field(10, description="Codes per user per day.")
     otp_global_daily: int = Field(20000, description="Codes per day for the whole bot (SMS-pumping guard).")
+    realname_attempts: int = Field(3, description="Wrong name/ID pairs allowed per verified number.")
+    recycle_checks_per_hour: int = Field(5, description="Recycled-number checks per user per hour.")
+    recycle_checks_per_day: int = Field(20, description="Recycled-number checks per user per day.")
+    public_base_url: str = Field("", description="Public URL of this server, for the registry's status callbacks; "
+                                                 "default http://127.0.0.1:PORT.")
+    registry_callback_secret: str = Field("", description="Shared secret of the registry's signed callbacks; "
+                                                          "derived from SECRET_KEY when unset.")
+    unbind_poll_seconds: float = Field(30.0, description="How often open unbind requests are polled and "
+                                                         "queued ones resubmitted.")
+    sandbox_processing_seconds: float = Field(20.0, description="Sandbox registry: seconds until a request "
+                                                                "is processing.")
+    sandbox_done_seconds: float = Field(60.0, description="Sandbox registry: seconds until a request is done.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_file: str = Field("", description="Also write JSON logs to this file.")
 
@@ -46,6 +58,13 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'haoqing.sqlite3').resolve()}"
+
+    def resolved_callback_secret(self) -> str:
+        if self.registry_callback_secret:
+            return self.registry_callback_secret
+        import hashlib
+
+        return hashlib.sha256(b"registry-callback:" + self.resolved_secret()).hexdigest()
 
     def resolved_secret(self) -> bytes:
         """The server secret; generated once and kept in DATA_DIR so restarts keep hashes valid."""

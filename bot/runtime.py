@@ -12,7 +12,9 @@ from bot.i18n import Catalog
 from bot.locks import KeyedLocks
 from bot.otp import OtpService
 from bot.storage import Database
+from bot.unbind_requests import UnbindService
 from bot.vault import Vault
+from integrations.platform_directory import PlatformDirectory, load_directory
 from integrations.registry import RegistryClient
 from integrations.sms.base import SmsGateway
 from integrations.sms.sandbox import SandboxSmsGateway
@@ -26,17 +28,21 @@ class Runtime:
     catalog: Catalog
     sms: SmsGateway
     registry: RegistryClient
+    directory: PlatformDirectory = field(default_factory=load_directory)
+    # Where the registry posts status callbacks; set once the server knows its port.
+    callback_url: str | None = None
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     otp: OtpService = field(init=False)
     effects: EffectRunner = field(init=False)
     dispatcher: Dispatcher = field(init=False)
+    unbind: UnbindService = field(init=False)
 
     def __post_init__(self) -> None:
         self.otp = OtpService(self.db, self.vault, self.sms, self.settings)
         self.effects = EffectRunner(self)
         self.dispatcher = Dispatcher(self)
-        self._labels: dict[str, dict[str, str]] = {}
+        self.unbind = UnbindService(self)
 
     @property
     def sandbox_sms(self) -> SandboxSmsGateway | None:

@@ -15,10 +15,11 @@ from bot.retention import purge_forever
 from bot.runtime import Runtime, build_sms
 from bot.storage import Database
 from bot.vault import Vault
-from bot.web import chat, ops
+from bot.web import chat, ops, registry_callback
 from bot.web.chat import MAX_BODY, RUNTIME
 from dialogs.model import Msg
 from integrations.registry import RegistryClient
+from integrations.sandbox_registry.app import MaskingAccessLogger
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
     async def startup(_app: web.Application) -> None:
         await db.create_all()
         rt.background.append(asyncio.create_task(purge_forever(db)))
+        rt.background.append(asyncio.create_task(rt.unbind.run_forever(settings.unbind_poll_seconds)))
 
     async def cleanup(_app: web.Application) -> None:
         for task in rt.background:
@@ -64,10 +66,14 @@ def create_app(settings: Settings) -> web.Application:
     app.on_cleanup.append(cleanup)
     chat.routes(app)
     ops.routes(app, sandbox_sms_enabled=rt.sandbox_sms is not None)
+    registry_callback.routes(app)
     if settings.embedded_registry:
         from integrations.sandbox_registry.app import create_app as create_sandbox
 
-        app.add_subapp(SANDBOX_REGISTRY_PATH, create_sandbox(str(settings.data_dir / "sandbox-registry.sqlite3")))
+        app.add_subapp(SANDBOX_REGISTRY_PATH, create_sandbox(
+            str(settings.data_dir / "sandbox-registry.sqlite3"), callback_secret=settings.resolved_callback_secret(),
+            processing_after=settings.sandbox_processing_seconds, done_after=settings.sandbox_done_seconds,
+            callback_hosts={"127.0.0.1", "localhost"}))
     return app
 
 
@@ -91,7 +97,7 @@ class RunningServer:
 
 async def start_server(settings: Settings) -> RunningServer:
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log_class=MaskingAccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
@@ -101,6 +107,7 @@ async def start_server(settings: Settings) -> RunningServer:
         await rt.registry.close()
         rt.registry = RegistryClient(f"http://127.0.0.1:{port}{SANDBOX_REGISTRY_PATH}",
                                      timeout=settings.registry_timeout)
+    rt.callback_url = (settings.public_base_url.rstrip("/") or f"http://127.0.0.1:{port}") + "/registry/callback"
     log.info("serving", extra={"host": settings.host, "port": port, "registry": "sandbox" if
                                settings.embedded_registry else "remote", "sms": rt.sms.name})
     return RunningServer(app, runner, port)

@@ -114,6 +114,64 @@ class Verification(SQLModel, table=True):
     verified_at: datetime = Field(default_factory=utcnow)
 
 
+class PendingRealName(SQLModel, table=True):
+    """The name between the two real-name messages, sealed; deleted once the ID is checked."""
+
+    __tablename__ = "pending_real_names"
+    user_id: int = Field(primary_key=True, foreign_key="users.id")
+    name_enc: str = Field(max_length=512)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class RealNameCheck(SQLModel, table=True):
+    """A holder check: the ID only as a keyed hash plus a masked form; the name only masked."""
+
+    __tablename__ = "real_name_checks"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    verification_id: int = Field(index=True)
+    id_hash: str = Field(max_length=64)
+    id_masked: str = Field(max_length=32)
+    name_masked: str = Field(max_length=64)
+    matched: bool
+    at: datetime = Field(default_factory=utcnow)
+
+
+class UnbindRequestRow(SQLModel, table=True):
+    """One unbind request, kept until done. The idempotency key makes resubmission after an outage safe."""
+
+    __tablename__ = "unbind_requests"
+    id: int | None = Field(default=None, primary_key=True)
+    reference: str = Field(max_length=32, unique=True)
+    # Null once the user deleted their data: the request still runs to completion, anonymised.
+    user_id: int | None = Field(default=None, foreign_key="users.id", index=True)
+    phone_hash: str = Field(max_length=64, index=True)
+    # Needed only until the registry has the request; cleared after submission.
+    phone_enc: str | None = Field(default=None, max_length=256)
+    phone_masked: str = Field(max_length=16)
+    platforms: str = Field(sa_column=Column(Text, nullable=False))  # JSON list of platform ids
+    tenure_start: str = Field(max_length=10)
+    idempotency_key: str = Field(max_length=64, unique=True)
+    registry_id: str | None = Field(default=None, max_length=64, index=True)
+    status: str = Field(default="queued", max_length=16)  # queued|submitted|processing|done|rejected|refused
+    items: str = Field(default="[]", sa_column=Column(Text, nullable=False))  # JSON [{platform,status,reason}]
+    due_date: str = Field(max_length=10)
+    due_estimated: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    attempts: int = 0
+
+
+class UsageEvent(SQLModel, table=True):
+    """Counts uses of rate-limited features (recycled-number checks) per user."""
+
+    __tablename__ = "usage_events"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    kind: str = Field(max_length=32)
+    at: datetime = Field(default_factory=utcnow, index=True)
+
+
 class Database:
     """The engine plus a session factory; SQLite gets WAL, a busy timeout and a single writer."""
 
@@ -175,7 +233,3 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-
-
-__all__ = ["ConsentRecord", "Conversation", "Database", "InboxItem", "OtpChallenge",
-           "OutboxMessage", "User", "Verification", "utcnow"]

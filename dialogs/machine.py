@@ -10,7 +10,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dialogs import lookup, menu, settings, upcoming, verify
+from dialogs import guide, lookup, menu, realname, recycle, requests, settings, tag, unbind, upcoming, verify
 from dialogs.commands import parse_command
 from dialogs.model import Ctx, Edge, Event, Flow, Handler, Msg, Reply, Step
 
@@ -22,12 +22,20 @@ class UndeclaredTransition(RuntimeError):
     pass
 
 
-FLOWS: tuple[Flow, ...] = (menu.FLOW, verify.FLOW, lookup.FLOW, settings.FLOW)
+FLOWS: tuple[Flow, ...] = (menu.FLOW, verify.FLOW, realname.FLOW, lookup.FLOW, unbind.FLOW, requests.FLOW,
+                           guide.FLOW, recycle.FLOW, tag.FLOW, settings.FLOW)
 
 STARTERS: dict[str, Handler] = {
     "menu": lambda ctx: menu.show_menu(ctx),
     "verify": verify.start,
+    "realname": realname.start,
     "lookup": lookup.start,
+    "unbind": unbind.start,
+    "requests": requests.start,
+    "guide": guide.start,
+    "recycle": recycle.start,
+    "tag": tag.start,
+    "check": tag.start_check,
     "settings": settings.start,
     **{name: upcoming.starter(name) for name in upcoming.UPCOMING},
 }
@@ -39,15 +47,28 @@ ENTRY_EDGES: tuple[Edge, ...] = (
     Edge("@verify", verify.PHONE, "consented"),
     Edge("@lookup", lookup.LOOKUP, "verified < 30 min"),
     Edge("@lookup", "@verify", "needs verification"),
+    Edge("@realname", realname.NAME, ""),
+    Edge("@unbind", unbind.PICK, "verified + real name"),
+    Edge("@unbind", "@verify", "needs verification"),
+    Edge("@unbind", "@realname", "needs real name"),
+    Edge("@requests", requests.VIEW, ""),
+    Edge("@guide", guide.PICK, "manual platforms known"),
+    Edge("@guide", guide.CATEGORY, "browse"),
+    Edge("@recycle", recycle.PHONE, ""),
+    Edge("@tag", tag.PICK, "verified + real name"),
+    Edge("@tag", "@verify", "needs verification"),
+    Edge("@tag", "@realname", "needs real name"),
+    Edge("@check", tag.CHECK, "/check CODE"),
     Edge("@settings", settings.SETTINGS, ""),
     *(Edge(f"@{name}", "@menu", "coming soon") for name in upcoming.UPCOMING),
 )
 
-GOALS = ("lookup",)
+GOALS = ("lookup", "unbind", "tag")
 
 HANDLERS: dict[str, Handler] = {state: handler for flow in FLOWS for state, handler in flow.handlers.items()}
 PROMPTS: dict[str, Callable[[Ctx], Reply]] = {
-    **menu.PROMPTS, **verify.PROMPTS, **lookup.PROMPTS, **settings.PROMPTS,
+    **menu.PROMPTS, **verify.PROMPTS, **realname.PROMPTS, **lookup.PROMPTS, **unbind.PROMPTS,
+    **requests.PROMPTS, **guide.PROMPTS, **recycle.PROMPTS, **tag.PROMPTS, **settings.PROMPTS,
 }
 _EDGES: frozenset[tuple[str, str]] = frozenset(
     (edge.source, edge.target) for flow in FLOWS for edge in flow.edges
@@ -112,7 +133,7 @@ def _command(ctx: Ctx) -> Step:
     if command == "human":
         return Step("@handoff", ctx.data)
     if command == "check":
-        return Step("@tag", ctx.data)
+        return Step("@check", ctx.data)
     return menu.show_menu(ctx)
 
 

@@ -13,12 +13,14 @@ MENU_ITEMS: tuple[tuple[str, str], ...] = (
     ("tag", "tag"),
     ("plan", "plan"),
     ("requests", "requests"),
+    ("guide", "guide"),
     ("human", "handoff"),
     ("settings", "settings"),
 )
 
 # Data that belongs to one errand and is dropped when the user goes back to the menu.
-ERRAND_KEYS = ("goal", "challenge_id", "phone_masked", "pending")
+ERRAND_KEYS = ("goal", "challenge_id", "phone_masked", "realname_pending", "name_masked", "unbind_selected",
+               "guide_list", "guide_platform")
 
 
 def menu_reply() -> Reply:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dialogs.model import Ctx, Handler, Msg, Reply, Step
 
-UPCOMING = ("unbind", "recycle", "tag", "plan", "requests", "handoff")
+UPCOMING = ("plan", "handoff")
 
 
 def starter(name: str) -> Handler:

@@ -207,9 +207,10 @@ class RegistryClient:
         self._platforms: list[Platform] | None = None
 
     async def close(self) -> None:
+        """Closes the session this client made; a session passed in stays open for its owner."""
         if self._owns_session and self._session is not None:
             await self._session.close()
-        self._session = None
+            self._session = None
 
     async def health(self) -> bool:
         """True when the registry answers and says it is fine; never raises."""
@@ -236,6 +237,7 @@ class RegistryClient:
         """None when the registry does not know the number."""
         status, data = await self._request("GET", f"/v1/numbers/{_phone(phone)}", allow=(200, 404), phone=phone)
         if status == 404:
+            _check_not_found(data, "unknown_number")
             return None
         try:
             tenures = data["previous_tenures"]
@@ -338,7 +340,10 @@ class RegistryClient:
         if not _PATH_TOKEN_RE.fullmatch(code):
             return None
         status, data = await self._request("GET", f"/v1/tags/{code}", allow=(200, 404))
-        return None if status == 404 else _tag(data)
+        if status == 404:
+            _check_not_found(data, "unknown_tag")
+            return None
+        return _tag(data)
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -381,6 +386,12 @@ class RegistryClient:
             raise RegistryError(f"registry answered {status} {code or ''}: {label}".rstrip(), status=status, code=code)
         log.debug("registry: %s -> %d", label, status)
         return status, data
+
+
+def _check_not_found(data: Any, expected: str) -> None:
+    # A 404 without the registry's own error code means a wrong base URL, not an unknown record.
+    if not isinstance(data, dict) or data.get("error") != expected:
+        raise RegistryError("registry answered 404 without a registry error code; check the base URL", status=404)
 
 
 def _phone(phone: str) -> str:

@@ -115,6 +115,21 @@ class Chat:
         await self.say(phone)
         await self.say(await self.latest_code(phone))
 
+    async def realname(self, name: str, id_number: str) -> None:
+        await self.say(name)
+        await self.say(id_number)
+
+    async def unbind_ready(self, demo: dict[str, Any]) -> None:
+        """Verified, real-name checked and confirmed: ends on the list of eligible platforms."""
+        await self.verify(demo["phone"])
+        await self.pick("unbind")
+        await self.realname(demo["name"], demo["id_number"])
+        await self.pick("confirm")
+
+    async def pushed(self, after: int) -> list[dict[str, Any]]:
+        async with self.http.get(self.url, params={"after": str(after)}) as r:
+            return list((await r.json())["messages"])
+
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:

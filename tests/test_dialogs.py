@@ -41,7 +41,7 @@ def test_start_shows_every_flow_of_the_mission() -> None:
     step = machine.step("", {}, text("/start"))
     assert step.state == "menu"
     ids = [c.id for c in step.replies[-1].choices]
-    assert ids == ["lookup", "unbind", "recycle", "tag", "plan", "requests", "human", "settings"]
+    assert ids == ["lookup", "unbind", "recycle", "tag", "plan", "requests", "guide", "human", "settings"]
 
 
 def test_lookup_asks_consent_then_phone_then_code_then_looks_up() -> None:
@@ -135,9 +135,13 @@ def test_global_commands_work_from_every_state() -> None:
 EVENTS = st.one_of(
     st.text(max_size=40).map(text),
     st.sampled_from(["lookup", "agree", "decline", "resend", "change", "menu", "settings", "language",
-                     "zh_CN", "en", "forget", "confirm", "reminders", "unbind", "bogus"]).map(choice),
+                     "zh_CN", "en", "forget", "confirm", "reminders", "unbind", "bogus", "all", "p:weibo", "guide",
+                     "back", "requests", "refresh", "again", "new_holder", "clear_harassment", "letter", "browse",
+                     "c:social", "g:weibo", "recycle", "tag"]).map(choice),
     st.sampled_from(["photo", "sticker", "voice", "location", ""]).map(lambda m: Event("media", media=m, now=NOW)),
-    st.sampled_from(["otp.send", "otp.check", "registry.lookup", "data.forget", "contact.verify"]).map(
+    st.sampled_from(["otp.send", "otp.check", "registry.lookup", "data.forget", "contact.verify",
+                     "realname.check", "unbind.options", "unbind.create", "requests.list", "guide.list",
+                     "guide.platform", "recycle.check", "tag.create", "tag.lookup"]).map(
         lambda e: result(e, ok=False, reason="unavailable")),
     st.builds(lambda own: Event("contact", contact_phone="13800138000", contact_own=own, now=NOW), st.booleans()),
 )

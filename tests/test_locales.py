@@ -68,3 +68,22 @@ def test_the_page_takes_its_words_from_the_catalog() -> None:
     visible = re.sub(r"<script>.*?</script>|<style>.*?</style>|\{\{[^}]+\}\}", "", html, flags=re.S)
     assert not CJK.search(visible)
     assert not re.search(r">\s*[A-Za-z][A-Za-z ]{3,}\s*<", visible), "hard-coded English on the page"
+
+
+def test_keys_built_at_run_time_exist() -> None:
+    from dialogs import guide, menu
+    from dialogs.idcard import IdReason
+    from dialogs.phones import PhoneProblem
+    from integrations.platform_directory import CATEGORIES, DIFFICULTIES
+
+    catalog = Catalog.load().messages["zh_CN"]
+    keys = [f"category.{c}" for c in guide.CATEGORIES]
+    keys += [f"difficulty.{d}" for d in DIFFICULTIES]
+    keys += [f"requests.status.{s}" for s in ("queued", "submitted", "processing", "done", "rejected", "refused")]
+    keys += [f"unbind.update.{s}" for s in ("submitted", "submitted_late", "processing", "done", "rejected", "refused")]
+    keys += [f"realname.id.{r}" for r in IdReason.__args__ if r != "ok"]
+    keys += [f"verify.phone.{p}" for p in PhoneProblem.__args__ if p != "ok"]
+    keys += [f"menu.{choice}" for choice, _ in menu.MENU_ITEMS]
+    keys += [f"carrier.{c}" for c in ("china_mobile", "china_unicom", "china_telecom", "china_broadnet")]
+    assert [k for k in keys if k not in catalog] == []
+    assert set(guide.CATEGORIES) == set(CATEGORIES)

@@ -192,14 +192,10 @@ def test_population_is_large_and_quick_to_build(template: Template) -> None:
     assert template.build_seconds < 3.0
     statuses = {r["status"] for r in rows}
     assert statuses == {"assigned", "frozen", "unassigned"}
-    share = {key: sum(1 for r in rows if pred(r)) / len(rows) for key, pred in {
-        "ported": lambda r: r["ported_at"] is not None,
-        "tagged": lambda r: r["tagged"] == 1,
-        "not_assigned": lambda r: r["status"] != "assigned",
-    }.items()}
-    assert 0.03 < share["ported"] < 0.08
-    assert 0.03 < share["tagged"] < 0.08
-    assert 0.015 < share["not_assigned"] < 0.05
+    total = len(rows)
+    assert 0.03 < sum(r["ported_at"] is not None for r in rows) / total < 0.08
+    assert 0.03 < sum(r["tagged"] == 1 for r in rows) / total < 0.08
+    assert 0.015 < sum(r["status"] != "assigned" for r in rows) / total < 0.05
     assert {r["previous_tenures"] for r in rows} == {0, 1, 2, 3}
 
 
@@ -319,6 +315,7 @@ async def test_number_info(env: Env, template: Template) -> None:
 
 async def test_holder_check(env: Env, template: Template) -> None:
     status, listed = await env.raw("GET", "/numbers", params={"kind": "fresh", "limit": "100"})
+    assert status == 200
     person = listed[0]
     phone, name, id_number = person["phone"], person["name"], person["id_number"]
     assert await env.client.holder_check(phone, name, id_number)
@@ -391,10 +388,14 @@ async def test_server_errors_and_garbage() -> None:
     async def wrong_shape(request: web.Request) -> web.Response:
         return web.json_response({"phone": DEMO_PHONE})
 
+    async def not_ours(request: web.Request) -> web.Response:
+        return web.json_response({"detail": "no such route"}, status=404)
+
     app = web.Application()
     app.router.add_get("/a/v1/numbers/{phone}", fail)
     app.router.add_get("/b/v1/numbers/{phone}", garbage)
     app.router.add_get("/c/v1/numbers/{phone}", wrong_shape)
+    app.router.add_get("/d/v1/numbers/{phone}", not_ours)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     session = aiohttp.ClientSession()
@@ -402,7 +403,8 @@ async def test_server_errors_and_garbage() -> None:
         base = str(server.make_url("")).rstrip("/")
         with pytest.raises(RegistryUnavailable):
             await RegistryClient(base + "/a", session=session).number_info(DEMO_PHONE)
-        for prefix in ("/b", "/c"):
+        # A wrong base URL must not look like "unknown number".
+        for prefix in ("/b", "/c", "/d", "/nothing-here"):
             with pytest.raises(RegistryError) as caught:
                 await RegistryClient(base + prefix, session=session).number_info(DEMO_PHONE)
             assert type(caught.value) is RegistryError
@@ -544,6 +546,7 @@ async def test_failed_callbacks_are_retried(env: Env, receiver: Receiver) -> Non
     assert receiver.calls.empty()  # backoff runs on the registry clock
     env.clock.advance(6)
     header, body = await receiver.next()
+    assert verify_callback(SECRET, body, header, env.clock.now.timestamp())
     assert parse_callback(body).status == "processing"
 
 

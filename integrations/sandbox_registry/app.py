@@ -85,7 +85,13 @@ class SandboxRegistry:
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-registry")
-        await self.run(self.store.open)
+        try:
+            await self.run(self.store.open)
+        except BaseException:
+            # cleanup_ctx skips the cleanup half when startup fails, so the thread must go here.
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
         if self.store.built_in is not None:
             log.info("sandbox registry: built population (seed %d) in %.2f s", self.store.seed, self.store.built_in)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
@@ -162,7 +168,7 @@ def create_app(
     *,
     seed: int = 20211101,
     clock: Callable[[], datetime] | None = None,
-    callback_secret: str = "sandbox-callback-secret",  # noqa: S107 - sandbox default, documented as such
+    callback_secret: str = "sandbox-callback-secret",  # noqa: S107 - public sandbox default, by design
     processing_after: float = 60.0,
     done_after: float = 300.0,
     tick_seconds: float = 1.0,

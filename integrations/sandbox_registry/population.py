@@ -347,6 +347,7 @@ CREATE TABLE IF NOT EXISTS bindings (
     unbound_at TEXT
 );
 CREATE INDEX IF NOT EXISTS bindings_phone ON bindings (phone);
+CREATE INDEX IF NOT EXISTS numbers_demo_rank ON numbers (demo_rank, phone);
 CREATE TABLE IF NOT EXISTS unbind_requests (
     id TEXT PRIMARY KEY,
     idempotency_key TEXT NOT NULL UNIQUE,
@@ -426,7 +427,10 @@ def _create_schema(conn: sqlite3.Connection) -> None:
 
 
 def ensure_population(conn: sqlite3.Connection, seed: int) -> bool:
-    """Builds the population unless the file already holds this version and seed. True if it built."""
+    """Builds the population unless the file already holds this version and seed. True if it built.
+
+    A rebuild starts the file over, sandbox unbind requests and tags included.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
         meta = _meta(conn)

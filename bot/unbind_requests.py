@@ -1,0 +1,207 @@
+"""Unbind requests from filing to done: local row first (with its idempotency key), then the registry;
+queued when the registry is down and submitted when it returns; status from signed callbacks and polling,
+each change pushed to the user. Never sends one request twice: the key makes a resubmission a replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import uuid
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlmodel import col, select
+
+from bot.storage import UnbindRequestRow, User, utcnow
+from bot.working_days import add_working_days
+from dialogs.model import Lines, Localized, Msg, Reply
+from integrations.registry import RegistryError, RegistryUnavailable, UnbindRefused, UnbindRequest
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+FINAL = ("done", "rejected", "refused")
+CHINA = timedelta(hours=8)
+_REF_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def china_date(moment: datetime) -> date:
+    return (moment + CHINA).date()
+
+
+def new_reference(moment: datetime) -> str:
+    tail = "".join(secrets.choice(_REF_ALPHABET) for _ in range(6))
+    return f"HQ{china_date(moment):%Y%m%d}-{tail}"
+
+
+class UnbindService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    @property
+    def callback_url(self) -> str | None:
+        return self.rt.callback_url
+
+    async def create(self, user_id: int, phone: str, phone_masked: str, platforms: list[str], tenure_start: date,
+                     now: datetime) -> dict[str, Any]:
+        due = add_working_days(china_date(now), 5)
+        row = UnbindRequestRow(
+            reference=new_reference(now), user_id=user_id, phone_hash=self.rt.vault.keyed_hash(phone),
+            phone_enc=self.rt.vault.seal(phone), phone_masked=phone_masked, platforms=json.dumps(platforms),
+            tenure_start=tenure_start.isoformat(), idempotency_key=uuid.uuid4().hex, status="queued",
+            items=json.dumps([{"platform": p, "status": "queued"} for p in platforms]),
+            due_date=due.due.isoformat(), due_estimated=due.estimated, created_at=now, updated_at=now,
+        )
+        async with self.rt.db.session() as session:
+            session.add(row)
+            await session.commit()
+        submitted = await self.submit(row.id)  # type: ignore[arg-type]
+        async with self.rt.db.session() as session:
+            fresh = await session.get(UnbindRequestRow, row.id)
+        assert fresh is not None
+        if fresh.status == "refused":
+            return {"ok": False, "reason": "nothing_eligible"}
+        items = json.loads(fresh.items)
+        return {"ok": True, "reference": fresh.reference, "due": fresh.due_date, "estimated": fresh.due_estimated,
+                "queued": not submitted, "count": sum(1 for i in items if i["status"] != "refused"),
+                "refused": sum(1 for i in items if i["status"] == "refused")}
+
+    async def submit(self, row_id: int) -> bool:
+        """Sends a queued request; True once the registry has it. Safe to repeat (idempotency key)."""
+        async with self.rt.db.session() as session:
+            row = await session.get(UnbindRequestRow, row_id)
+            if row is None or row.status != "queued" or row.phone_enc is None:
+                return row is not None and row.status != "queued"
+            row.attempts += 1
+            session.add(row)
+            await session.commit()
+        # No database session is held across the registry call: a slow registry must not block other users.
+        try:
+            answer = await self.rt.registry.create_unbind_request(
+                self.rt.vault.reveal(row.phone_enc), json.loads(row.platforms), date.fromisoformat(row.tenure_start),
+                row.idempotency_key, self.callback_url)
+        except UnbindRefused as refused:
+            row.status = "refused"
+            row.items = json.dumps([{"platform": r.platform, "status": "refused", "reason": r.reason}
+                                    for r in refused.refused])
+        except RegistryUnavailable:
+            log.warning("registry down: unbind request kept for later", extra={"reference": row.reference})
+            return False
+        else:
+            row.registry_id = answer.id
+            self._apply(row, answer)
+            log.info("unbind request submitted", extra={"reference": row.reference, "registry_id": answer.id})
+        row.phone_enc = None  # the registry has it now; we keep only the hash and the masked form
+        row.updated_at = utcnow()
+        async with self.rt.db.session() as session:
+            session.add(row)
+            await session.commit()
+        return True
+
+    def _apply(self, row: UnbindRequestRow, answer: UnbindRequest) -> bool:
+        items = [{"platform": i.platform, "status": i.status, **({"reason": i.reason} if i.reason else {})}
+                 for i in answer.items]
+        items += [{"platform": r.platform, "status": "refused", "reason": r.reason} for r in answer.refused]
+        encoded = json.dumps(items)
+        changed = row.status != answer.status or row.items != encoded
+        row.status, row.items, row.updated_at = answer.status, encoded, utcnow()
+        return changed
+
+    async def update_from_registry(self, answer: UnbindRequest) -> bool:
+        """Applies a status from a callback or a poll; pushes a message when something changed."""
+        async with self.rt.db.session() as session:
+            row = (await session.exec(select(UnbindRequestRow).where(
+                UnbindRequestRow.registry_id == answer.id))).first()
+            if row is None:
+                return False
+            before = row.status
+            if not self._apply(row, answer):
+                return False
+            session.add(row)
+            await session.commit()
+        log.info("unbind request status", extra={"reference": row.reference, "from": before, "to": row.status})
+        if row.user_id is not None:
+            await self._notify(row)
+        return True
+
+    async def _notify(self, row: UnbindRequestRow, *, submitted_late: bool = False) -> None:
+        assert row.user_id is not None
+        async with self.rt.db.session() as session:
+            user = await session.get(User, row.user_id)
+        if user is None or not user.active:
+            return
+        names = await self._names()
+        lines = Lines(tuple(
+            Msg("requests.platform_line", {"name": names.get(i["platform"], Localized(i["platform"], i["platform"])),
+                                           "status": Msg(f"requests.status.{i['status']}")})
+            for i in json.loads(row.items)))
+        key = "unbind.update.submitted_late" if submitted_late else f"unbind.update.{row.status}"
+        await self.rt.dispatcher.push(user.id, [Reply(Msg(key, {"reference": row.reference, "lines": lines}))],  # type: ignore[arg-type]
+                                      channel=user.channel)
+
+    async def _names(self) -> dict[str, Localized]:
+        try:
+            return {p.id: Localized(p.name_zh, p.name_en) for p in await self.rt.registry.platforms()}
+        except RegistryError:
+            return {}
+
+    async def list_for(self, user_id: int) -> list[dict[str, Any]]:
+        async with self.rt.db.session() as session:
+            rows = (await session.exec(select(UnbindRequestRow).where(UnbindRequestRow.user_id == user_id)
+                                       .order_by(col(UnbindRequestRow.created_at).desc()))).all()
+        names = await self._names()
+        out = []
+        for row in rows:
+            platforms = []
+            for item in json.loads(row.items):
+                name = names.get(item["platform"], Localized(item["platform"], item["platform"]))
+                platforms.append({"platform": item["platform"], "name_zh": name.zh_CN, "name_en": name.en,
+                                  "status": item["status"]})
+            out.append({"reference": row.reference, "status": row.status, "due": row.due_date,
+                        "estimated": row.due_estimated, "platforms": platforms})
+        return out
+
+    async def submit_queued(self) -> int:
+        async with self.rt.db.session() as session:
+            ids = (await session.exec(select(UnbindRequestRow.id).where(UnbindRequestRow.status == "queued"))).all()
+        sent = 0
+        for row_id in ids:
+            assert row_id is not None
+            if await self.submit(row_id):
+                sent += 1
+                async with self.rt.db.session() as session:
+                    row = await session.get(UnbindRequestRow, row_id)
+                if row is not None and row.user_id is not None:
+                    await self._notify(row, submitted_late=True)
+        return sent
+
+    async def poll_open(self) -> int:
+        async with self.rt.db.session() as session:
+            rows = (await session.exec(select(UnbindRequestRow).where(
+                col(UnbindRequestRow.registry_id).is_not(None),
+                col(UnbindRequestRow.status).not_in(FINAL)))).all()
+        changed = 0
+        for row in rows:
+            assert row.registry_id is not None
+            try:
+                answer = await self.rt.registry.get_unbind_request(row.registry_id)
+            except RegistryError:
+                log.warning("poll failed", extra={"reference": row.reference})
+                continue
+            if await self.update_from_registry(answer):
+                changed += 1
+        return changed
+
+    async def run_forever(self, every_seconds: float) -> None:
+        """Until issue 6's durable jobs: submit what waits, poll what is open, on a fixed period."""
+        while True:
+            await asyncio.sleep(every_seconds)
+            try:
+                await self.submit_queued()
+                await self.poll_open()
+            except Exception:
+                log.exception("unbind tracker round failed")

@@ -1,0 +1,132 @@
+"""Real-name step: name + ID number checked against the number's holder record before unbind or tagging.
+
+Never keeps the name or ID in conversation data: the name is stashed sealed by the runner, the ID goes
+straight to the check, and only masked forms come back.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from datetime import datetime
+
+from dialogs.idcard import validate_id_number
+from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Msg, Reply, Step
+from dialogs.verify import FRESH_FOR
+
+NAME = "realname.name"
+ID = "realname.id"
+CONFIRM = "realname.confirm"
+
+_NAME_RE = re.compile(r"[\u3400-\u9fffA-Za-z·•\. ]{2,30}")
+
+
+def checked_recently(ctx: Ctx) -> bool:
+    realname = ctx.data.get("realname")
+    verified = ctx.data.get("verified")
+    if not isinstance(realname, dict) or not isinstance(verified, dict):
+        return False
+    if realname.get("verification_id") != verified.get("id"):
+        return False
+    try:
+        at = datetime.fromisoformat(str(realname.get("at")))
+    except ValueError:
+        return False
+    return ctx.event.now - at < FRESH_FOR
+
+
+def start(ctx: Ctx) -> Step:
+    return Step(NAME, ctx.data, (Reply(Msg("realname.intro")), _name_reply()))
+
+
+def _name_reply() -> Reply:
+    return Reply(Msg("realname.ask_name"), (Choice("menu", Msg("common.back_to_menu")),))
+
+
+def _id_reply() -> Reply:
+    return Reply(Msg("realname.ask_id"), (Choice("menu", Msg("common.back_to_menu")),))
+
+
+def _confirm_reply(ctx: Ctx) -> Reply:
+    pending = ctx.data.get("realname_pending") or {}
+    return Reply(
+        Msg("realname.confirm", {"masked": str(pending.get("masked", "")),
+                                 "tenure_start": str(pending.get("tenure_start", ""))}),
+        (Choice("confirm", Msg("realname.confirm_yes")), Choice("menu", Msg("realname.confirm_no"))),
+    )
+
+
+def _name(ctx: Ctx) -> Step:
+    event = ctx.event
+    if event.kind == "result" and event.effect == "realname.stash":
+        return Step(ID, ctx.with_data(name_masked=str(event.result.get("masked", ""))), (_id_reply(),))
+    if event.kind == "choice" and event.choice == "menu":
+        return Step("@menu", ctx.data)
+    if event.kind == "text":
+        name = unicodedata.normalize("NFKC", event.text).strip()
+        if _NAME_RE.fullmatch(name):
+            return Step(NAME, ctx.data, (), (Effect("realname.stash", {"name": name}),))
+    return Step(NAME, ctx.data, (Reply(Msg("realname.name_invalid"), error=True), _name_reply()))
+
+
+def _id(ctx: Ctx) -> Step:
+    event = ctx.event
+    if event.kind == "result" and event.effect == "realname.check":
+        return _checked(ctx)
+    if event.kind == "choice" and event.choice == "menu":
+        return Step("@menu", ctx.data)
+    if event.kind != "text":
+        return Step(ID, ctx.data, (Reply(Msg("realname.id.chars"), error=True), _id_reply()))
+    check = validate_id_number(event.text, event.now.date())
+    if not check.ok:
+        return Step(ID, ctx.data, (Reply(Msg(f"realname.id.{check.reason}"), error=True), _id_reply()))
+    verified = ctx.data.get("verified") or {}
+    return Step(ID, ctx.data, (), (Effect("realname.check", {"verification_id": verified.get("id"),
+                                                             "id_number": check.normalised}),))
+
+
+def _checked(ctx: Ctx) -> Step:
+    result = ctx.event.result
+    if result.get("ok") and result.get("match"):
+        pending = {"masked": str(result["masked"]), "tenure_start": str(result["tenure_start"]),
+                   "check_id": int(result["check_id"])}
+        data = ctx.with_data(realname_pending=pending)
+        return Step(CONFIRM, data, (_confirm_reply(Ctx(CONFIRM, data, ctx.event)),))
+    reason = str(result.get("reason", "no_match"))
+    if reason == "locked":
+        return Step("@menu", ctx.with_data(name_masked=None), (Reply(Msg("realname.locked"), error=True),))
+    if reason == "no_match":
+        remaining = int(result.get("remaining", 0))
+        return Step(NAME, ctx.with_data(name_masked=None),
+                    (Reply(Msg("realname.no_match", {"remaining": remaining}), error=True), _name_reply()))
+    return Step("@menu", ctx.data, (Reply(Msg("realname.unavailable"), error=True),))
+
+
+def _confirm(ctx: Ctx) -> Step:
+    event = ctx.event
+    pending = ctx.data.get("realname_pending")
+    if event.kind == "choice" and event.choice == "confirm" and isinstance(pending, dict):
+        verified = ctx.data.get("verified") or {}
+        realname = {"at": event.now.isoformat(), "verification_id": verified.get("id"),
+                    "tenure_start": pending["tenure_start"], "check_id": pending["check_id"]}
+        return Step("@goal", ctx.with_data(realname=realname, realname_pending=None, name_masked=None))
+    if event.kind == "choice" and event.choice == "menu":
+        return Step("@menu", ctx.with_data(realname_pending=None, name_masked=None),
+                    (Reply(Msg("realname.not_me")),))
+    return Step(CONFIRM, ctx.data, (Reply(Msg("menu.pick_one"), error=True), _confirm_reply(ctx)))
+
+
+FLOW = Flow(
+    name="realname",
+    handlers={NAME: _name, ID: _id, CONFIRM: _confirm},
+    edges=(
+        Edge(NAME, ID, "name given"),
+        Edge(NAME, "@menu", "back"),
+        Edge(ID, CONFIRM, "holder matches"),
+        Edge(ID, NAME, "no match"),
+        Edge(ID, "@menu", "locked / back"),
+        Edge(CONFIRM, "@goal", "confirmed"),
+        Edge(CONFIRM, "@menu", "not me"),
+    ),
+)
+PROMPTS = {NAME: lambda ctx: _name_reply(), ID: lambda ctx: _id_reply(), CONFIRM: _confirm_reply}

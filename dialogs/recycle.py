@@ -1,0 +1,85 @@
+"""二次号检测: is a number second-hand? Open to anyone (no verification), rate-limited by the runner.
+
+Answers only: reissued or not, how long ago it was released, and whether previous-tenure bindings remain.
+"""
+
+from __future__ import annotations
+
+from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Msg, Param, Reply, Step
+from dialogs.phones import parse_mainland_mobile
+
+PHONE = "recycle.phone"
+DONE = "recycle.done"
+
+
+def start(ctx: Ctx) -> Step:
+    return Step(PHONE, ctx.data, (_ask(),))
+
+
+def _ask() -> Reply:
+    return Reply(Msg("recycle.ask"), (Choice("menu", Msg("common.back_to_menu")),))
+
+
+def _again() -> Reply:
+    return Reply(Msg("recycle.tips"),
+                 (Choice("again", Msg("recycle.again")), Choice("menu", Msg("common.back_to_menu"))))
+
+
+def _phone(ctx: Ctx) -> Step:
+    event = ctx.event
+    if event.kind == "result" and event.effect == "recycle.check":
+        return _answer(ctx)
+    if event.kind == "choice" and event.choice == "menu":
+        return Step("@menu", ctx.data)
+    if event.kind == "text":
+        parsed = parse_mainland_mobile(event.text)
+        if parsed.problem == "ok":
+            return Step(PHONE, ctx.data, (), (Effect("recycle.check", {"phone": parsed.national}),))
+        return Step(PHONE, ctx.data, (Reply(Msg(f"verify.phone.{parsed.problem}"), error=True), _ask()))
+    return Step(PHONE, ctx.data, (Reply(Msg("verify.phone_expected"), error=True), _ask()))
+
+
+def _answer(ctx: Ctx) -> Step:
+    result = ctx.event.result
+    if not result.get("ok"):
+        reason = str(result.get("reason", "unavailable"))
+        if reason == "rate_limited":
+            reply = Reply(Msg("recycle.rate_limited", {"minutes": int(result.get("retry_minutes", 60))}), error=True)
+            return Step("@menu", ctx.data, (reply,))
+        return Step("@menu", ctx.data, (Reply(Msg("lookup.unavailable"), error=True),))
+    masked = str(result["masked"])
+    if not result.get("known"):
+        verdict = Msg("recycle.unknown", {"masked": masked})
+    elif result.get("reissued"):
+        days = result.get("released_days_ago")
+        ago: Param = Msg("recycle.ago", {"days": int(days), "months": max(1, int(days) // 30)}) if isinstance(
+            days, int) else Msg("recycle.ago_unknown")
+        remain = Msg("recycle.bindings_remain" if result.get("previous_bindings_remain") else "recycle.bindings_clear")
+        verdict = Msg("recycle.reissued", {"masked": masked, "ago": ago, "remain": remain})
+    else:
+        verdict = Msg("recycle.not_reissued", {"masked": masked})
+    return Step(DONE, ctx.data, (Reply(verdict), _again()))
+
+
+def _done(ctx: Ctx) -> Step:
+    event = ctx.event
+    if event.kind == "choice" and event.choice == "again":
+        return start(ctx)
+    if event.kind == "choice" and event.choice == "menu":
+        return Step("@menu", ctx.data)
+    if event.kind == "text" and parse_mainland_mobile(event.text).problem == "ok":
+        return _phone(Ctx(PHONE, ctx.data, event))
+    return Step(DONE, ctx.data, (Reply(Msg("menu.pick_one"), error=True), _again()))
+
+
+FLOW = Flow(
+    name="recycle",
+    handlers={PHONE: _phone, DONE: _done},
+    edges=(
+        Edge(PHONE, DONE, "answered"),
+        Edge(PHONE, "@menu", "back / rate limited"),
+        Edge(DONE, PHONE, "check another"),
+        Edge(DONE, "@menu", "back"),
+    ),
+)
+PROMPTS = {PHONE: lambda ctx: _ask(), DONE: lambda ctx: _again()}
