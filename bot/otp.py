@@ -59,7 +59,9 @@ class OtpService:
     async def send(self, user_id: int, phone: str, text_for: _TextFor, now: datetime) -> SendOutcome:
         phone_hash = self.vault.keyed_hash(phone)
         masked = mask_phone(phone)
-        day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        # Daily limits follow the Beijing calendar day, the day our users live in.
+        beijing = timedelta(hours=8)
+        day_start = (now + beijing).replace(hour=0, minute=0, second=0, microsecond=0) - beijing
         async with self.db.session() as session:
             last = (await session.exec(
                 select(OtpChallenge.created_at).where(OtpChallenge.user_id == user_id)
