@@ -47,6 +47,17 @@ class Settings(BaseSettings):
     sandbox_processing_seconds: float = Field(20.0, description="Sandbox registry: seconds until a request "
                                                                 "is processing.")
     sandbox_done_seconds: float = Field(60.0, description="Sandbox registry: seconds until a request is done.")
+    telegram_bot_token: str = Field("", description="Bot token from @BotFather; enables the Telegram channel.")
+    telegram_api_base_url: str = Field("", description="Bot API base URL (a local Bot API server or a test "
+                                                       "double); default Telegram's own.")
+    telegram_webhook_url: str = Field("", description="Public URL of POST /telegram/webhook; unset = long polling.")
+    telegram_webhook_secret: str = Field("", description="secret_token for set_webhook, checked on every update.")
+    wechat_token: str = Field("", description="WeChat official account Token (signature check); enables /wechat.")
+    wechat_app_id: str = Field("", description="WeChat AppID.")
+    wechat_app_secret: str = Field("", description="WeChat AppSecret, for the access token.")
+    wechat_aes_key: str = Field("", description="43-character EncodingAESKey: safe (encrypted) mode.")
+    wechat_api_base_url: str = Field("", description="WeChat API base URL; default https://api.weixin.qq.com.")
+    wechat_native_support: bool = Field(False, description="Hand 人工 to WeChat's own customer-service agents.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_file: str = Field("", description="Also write JSON logs to this file.")
 
