@@ -44,6 +44,9 @@ class Settings(BaseSettings):
                                                           "derived from SECRET_KEY when unset.")
     unbind_poll_seconds: float = Field(30.0, description="How often open unbind requests are polled and "
                                                          "queued ones resubmitted.")
+    scheduler_poll_seconds: float = Field(1.0, description="How often the job scheduler looks for due jobs.")
+    job_lease_seconds: float = Field(60.0, description="A claimed job whose worker died is taken over after this.")
+    reminder_offsets_days: str = Field("7,1,0", description="Pre-cancellation reminders: days before the date.")
     sandbox_processing_seconds: float = Field(20.0, description="Sandbox registry: seconds until a request "
                                                                 "is processing.")
     sandbox_done_seconds: float = Field(60.0, description="Sandbox registry: seconds until a request is done.")
@@ -57,7 +60,8 @@ class Settings(BaseSettings):
     wechat_app_secret: str = Field("", description="WeChat AppSecret, for the access token.")
     wechat_aes_key: str = Field("", description="43-character EncodingAESKey: safe (encrypted) mode.")
     wechat_api_base_url: str = Field("", description="WeChat API base URL; default https://api.weixin.qq.com.")
-    wechat_native_support: bool = Field(False, description="Hand 人工 to WeChat's own customer-service agents.")
+    wechat_native_support: bool = Field(False, description="Hand the human-support command to WeChat's own "
+                                                                   "customer-service agents.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_file: str = Field("", description="Also write JSON logs to this file.")
 

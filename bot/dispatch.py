@@ -218,16 +218,25 @@ class Dispatcher:
     async def push(self, user_id: int, replies: list[Reply], *, channel: str) -> list[dict[str, Any]]:
         """Queues messages the user did not ask for (reminders, status changes, staff replies)."""
         async with self.rt.db.session() as session:
-            user = await session.get(User, user_id)
-            assert user is not None
-            payloads = [rendered(r, user.lang, self.rt.catalog) for r in replies]
-            seq = await self._reserve_seq(session, user_id, len(payloads), lang=user.lang, reminders=user.reminders_on)
-            for offset, payload in enumerate(payloads):
-                payload["seq"] = seq + offset
-                session.add(OutboxMessage(user_id=user_id, channel=channel, seq=seq + offset, kind="push",
-                                          payload=json.dumps(payload, ensure_ascii=False),
-                                          status="sent" if channel == "web" else "pending"))
+            payloads = await self.stage_push(session, user_id, replies, channel=channel)
             await session.commit()
+        return payloads
+
+    async def stage_push(self, session: Any, user_id: int, replies: list[Reply], *,
+                         channel: str) -> list[dict[str, Any]]:
+        """Adds pushed messages to `session` without committing, so they land atomically with other writes."""
+        user = await session.get(User, user_id)
+        assert user is not None
+        payloads = [rendered(r, user.lang, self.rt.catalog) for r in replies]
+        seq = int(user.next_seq)
+        user.next_seq = seq + len(payloads)
+        session.add(user)
+        for offset, payload in enumerate(payloads):
+            payload["seq"] = seq + offset
+            # Web chat reads its rows directly; other channels' senders deliver `pending` rows.
+            session.add(OutboxMessage(user_id=user_id, channel=channel, seq=seq + offset, kind="push",
+                                      payload=json.dumps(payload, ensure_ascii=False),
+                                      status="sent" if channel == "web" else "pending"))
         return payloads
 
 

@@ -17,6 +17,8 @@ from bot.storage import (
     ConsentRecord,
     OtpChallenge,
     PendingRealName,
+    Plan,
+    PlanItem,
     RealNameCheck,
     UnbindRequestRow,
     UsageEvent,
@@ -143,6 +145,10 @@ class EffectRunner:
         async with self.rt.db.session() as session:
             for table in (Verification, OtpChallenge, ConsentRecord, RealNameCheck, PendingRealName, UsageEvent):
                 await session.exec(delete(table).where(table.user_id == uid))  # type: ignore[arg-type]
+            for plan in (await session.exec(select(Plan).where(Plan.user_id == uid))).all():
+                await self.rt.jobs.cancel(f"plan:{plan.id}:", session)
+                await session.exec(delete(PlanItem).where(col(PlanItem.plan_id) == plan.id))
+                await session.delete(plan)
             rows = (await session.exec(select(UnbindRequestRow).where(UnbindRequestRow.user_id == uid))).all()
             kept = 0
             for row in rows:
@@ -307,6 +313,26 @@ class EffectRunner:
         tag = await self.rt.registry.create_tag(phone, kind, str(args["since"]))
         log.info("number tagged", extra={"phone": verification.phone_masked, "kind": kind})
         return {"ok": True, "code": tag.code, "kind": tag.kind, "since": tag.since, "masked": verification.phone_masked}
+
+    async def _plan_load(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
+        return {"ok": True, "plan": await self.rt.plans.load(_uid(ctx), ctx.now)}
+
+    async def _plan_save(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
+        verification_id = args.get("verification_id")
+        if not isinstance(verification_id, int):
+            return {"ok": False, "reason": "unavailable"}
+        plan = await self.rt.plans.save(_uid(ctx), verification_id, date.fromisoformat(str(args["date"])), ctx.now)
+        return {"ok": True, "plan": plan}
+
+    async def _plan_mark(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
+        item_id = args.get("item_id")
+        if not isinstance(item_id, int):
+            return {"ok": False}
+        plan = await self.rt.plans.mark(_uid(ctx), item_id, str(args.get("action")), ctx.now)
+        return {"ok": plan is not None, "plan": plan}
+
+    async def _plan_cancel(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
+        return {"ok": await self.rt.plans.cancel(_uid(ctx), ctx.now)}
 
     async def _tag_lookup(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         tag = await self.rt.registry.get_tag(str(args["code"]))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta
 
@@ -29,12 +28,3 @@ async def purge_expired(db: Database, now: datetime | None = None) -> int:
     if removed:
         log.info("expired personal data purged", extra={"rows": removed})
     return removed
-
-
-async def purge_forever(db: Database, every_seconds: float = 3600.0) -> None:
-    while True:
-        try:
-            await purge_expired(db)
-        except Exception:
-            log.exception("retention purge failed")
-        await asyncio.sleep(every_seconds)

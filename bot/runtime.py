@@ -9,8 +9,10 @@ from bot.config import Settings
 from bot.dispatch import Dispatcher
 from bot.effects import EffectRunner
 from bot.i18n import Catalog
+from bot.jobs import JobScheduler
 from bot.locks import KeyedLocks
 from bot.otp import OtpService
+from bot.plans import PlanService
 from bot.storage import Database
 from bot.unbind_requests import UnbindService
 from bot.vault import Vault
@@ -37,12 +39,16 @@ class Runtime:
     effects: EffectRunner = field(init=False)
     dispatcher: Dispatcher = field(init=False)
     unbind: UnbindService = field(init=False)
+    jobs: JobScheduler = field(init=False)
+    plans: PlanService = field(init=False)
 
     def __post_init__(self) -> None:
         self.otp = OtpService(self.db, self.vault, self.sms, self.settings)
         self.effects = EffectRunner(self)
         self.dispatcher = Dispatcher(self)
         self.unbind = UnbindService(self)
+        self.jobs = JobScheduler(self.db, lease_seconds=self.settings.job_lease_seconds)
+        self.plans = PlanService(self)
 
     @property
     def sandbox_sms(self) -> SandboxSmsGateway | None:

@@ -11,9 +11,9 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.i18n import Catalog
-from bot.retention import purge_forever
 from bot.runtime import Runtime, build_sms
-from bot.storage import Database
+from bot.scheduled import register_jobs
+from bot.storage import Database, utcnow
 from bot.vault import Vault
 from bot.web import chat, ops, registry_callback
 from bot.web.chat import MAX_BODY, RUNTIME
@@ -53,8 +53,10 @@ def create_app(settings: Settings) -> web.Application:
 
     async def startup(_app: web.Application) -> None:
         await db.create_all()
-        rt.background.append(asyncio.create_task(purge_forever(db)))
-        rt.background.append(asyncio.create_task(rt.unbind.run_forever(settings.unbind_poll_seconds)))
+        register_jobs(rt)
+        await rt.jobs.schedule("retention.purge", "retention.purge", {}, utcnow())
+        await rt.jobs.schedule("unbind.sweep", "unbind.sweep", {}, utcnow())
+        rt.background.append(asyncio.create_task(rt.jobs.run_forever(settings.scheduler_poll_seconds)))
 
     async def cleanup(_app: web.Application) -> None:
         for task in rt.background:

@@ -172,6 +172,54 @@ class UsageEvent(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, index=True)
 
 
+class Job(SQLModel, table=True):
+    """A durable timed job. A claim sets a lease; a job whose worker died is taken over when the lease ends."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_due", "status", "due_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    # Unique while it exists: scheduling the same key twice is a no-op (recurring jobs reuse their row).
+    key: str = Field(max_length=128, unique=True)
+    payload: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    due_at: datetime
+    status: str = Field(default="pending", max_length=16)  # pending | running | done | failed | cancelled
+    lease_until: datetime | None = None
+    locked_by: str | None = Field(default=None, max_length=64)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow)
+    done_at: datetime | None = None
+
+
+class Plan(SQLModel, table=True):
+    """A pre-cancellation plan (注销前提醒) for the user's own number."""
+
+    __tablename__ = "plans"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    phone_hash: str = Field(max_length=64)
+    phone_enc: str = Field(max_length=256)
+    phone_masked: str = Field(max_length=16)
+    target_date: str = Field(max_length=10)
+    status: str = Field(default="active", max_length=16)  # active | cancelled | finished
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class PlanItem(SQLModel, table=True):
+    __tablename__ = "plan_items"
+    id: int | None = Field(default=None, primary_key=True)
+    plan_id: int = Field(foreign_key="plans.id", index=True)
+    position: int
+    # A platform bound in the user's own tenure, or a task from the police checklist.
+    platform: str | None = Field(default=None, max_length=32)
+    task: str | None = Field(default=None, max_length=32)
+    name_zh: str = Field(default="", max_length=64)
+    name_en: str = Field(default="", max_length=64)
+    done_at: datetime | None = None
+    snoozed_until: datetime | None = None
+
+
 class Database:
     """The engine plus a session factory; SQLite gets WAL, a busy timeout and a single writer."""
 

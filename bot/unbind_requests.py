@@ -4,7 +4,6 @@ each change pushed to the user. Never sends one request twice: the key makes a r
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -195,13 +194,3 @@ class UnbindService:
             if await self.update_from_registry(answer):
                 changed += 1
         return changed
-
-    async def run_forever(self, every_seconds: float) -> None:
-        """Until issue 6's durable jobs: submit what waits, poll what is open, on a fixed period."""
-        while True:
-            await asyncio.sleep(every_seconds)
-            try:
-                await self.submit_queued()
-                await self.poll_open()
-            except Exception:
-                log.exception("unbind tracker round failed")

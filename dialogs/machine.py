@@ -10,7 +10,20 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dialogs import guide, lookup, menu, realname, recycle, requests, settings, tag, unbind, upcoming, verify
+from dialogs import (
+    cancel_plan,
+    guide,
+    lookup,
+    menu,
+    realname,
+    recycle,
+    requests,
+    settings,
+    tag,
+    unbind,
+    upcoming,
+    verify,
+)
 from dialogs.commands import parse_command
 from dialogs.model import Ctx, Edge, Event, Flow, Handler, Msg, Reply, Step
 
@@ -23,7 +36,7 @@ class UndeclaredTransition(RuntimeError):
 
 
 FLOWS: tuple[Flow, ...] = (menu.FLOW, verify.FLOW, realname.FLOW, lookup.FLOW, unbind.FLOW, requests.FLOW,
-                           guide.FLOW, recycle.FLOW, tag.FLOW, settings.FLOW)
+                           guide.FLOW, recycle.FLOW, tag.FLOW, cancel_plan.FLOW, settings.FLOW)
 
 STARTERS: dict[str, Handler] = {
     "menu": lambda ctx: menu.show_menu(ctx),
@@ -36,6 +49,7 @@ STARTERS: dict[str, Handler] = {
     "recycle": recycle.start,
     "tag": tag.start,
     "check": tag.start_check,
+    "plan": cancel_plan.start,
     "settings": settings.start,
     **{name: upcoming.starter(name) for name in upcoming.UPCOMING},
 }
@@ -59,16 +73,19 @@ ENTRY_EDGES: tuple[Edge, ...] = (
     Edge("@tag", "@verify", "needs verification"),
     Edge("@tag", "@realname", "needs real name"),
     Edge("@check", tag.CHECK, "/check CODE"),
+    Edge("@plan", cancel_plan.VIEW, "verified"),
+    Edge("@plan", "@verify", "needs verification"),
     Edge("@settings", settings.SETTINGS, ""),
     *(Edge(f"@{name}", "@menu", "coming soon") for name in upcoming.UPCOMING),
 )
 
-GOALS = ("lookup", "unbind", "tag")
+GOALS = ("lookup", "unbind", "tag", "plan")
 
 HANDLERS: dict[str, Handler] = {state: handler for flow in FLOWS for state, handler in flow.handlers.items()}
 PROMPTS: dict[str, Callable[[Ctx], Reply]] = {
     **menu.PROMPTS, **verify.PROMPTS, **realname.PROMPTS, **lookup.PROMPTS, **unbind.PROMPTS,
-    **requests.PROMPTS, **guide.PROMPTS, **recycle.PROMPTS, **tag.PROMPTS, **settings.PROMPTS,
+    **requests.PROMPTS, **guide.PROMPTS, **recycle.PROMPTS, **tag.PROMPTS, **cancel_plan.PROMPTS,
+    **settings.PROMPTS,
 }
 _EDGES: frozenset[tuple[str, str]] = frozenset(
     (edge.source, edge.target) for flow in FLOWS for edge in flow.edges

@@ -20,7 +20,7 @@ MENU_ITEMS: tuple[tuple[str, str], ...] = (
 
 # Data that belongs to one errand and is dropped when the user goes back to the menu.
 ERRAND_KEYS = ("goal", "challenge_id", "phone_masked", "realname_pending", "name_masked", "unbind_selected",
-               "guide_list", "guide_platform")
+               "guide_list", "guide_platform", "plan_item")
 
 
 def menu_reply() -> Reply:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dialogs.model import Ctx, Handler, Msg, Reply, Step
 
-UPCOMING = ("plan", "handoff")
+UPCOMING = ("handoff",)
 
 
 def starter(name: str) -> Handler:

@@ -80,3 +80,30 @@ async def test_two_workers_serialise_one_users_steps(tmp_path: Path, pg_url: str
     finally:
         await one.stop()
         await two.stop()
+
+
+async def test_two_schedulers_share_jobs_with_skip_locked(pg_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from bot.jobs import JobOutcome, JobScheduler
+    from bot.storage import Database, Job
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    databases = [Database(pg_url), Database(pg_url)]
+    await databases[0].create_all()
+    runs: list[str] = []
+
+    async def handler(job: Job, at: datetime) -> JobOutcome:
+        runs.append(job.key)
+        await asyncio.sleep(0.001)
+        return JobOutcome()
+
+    schedulers = [JobScheduler(db, clock=lambda: now, worker_id=f"w{i}") for i, db in enumerate(databases)]
+    for scheduler in schedulers:
+        scheduler.register("test", handler)
+    for i in range(80):
+        await schedulers[0].schedule("test", f"pg-{i}", {}, now)
+    done = await asyncio.gather(*(s.run_due(limit=5) for s in schedulers for _ in range(10)))
+    assert sum(done) == 80 and sorted(runs) == sorted(f"pg-{i}" for i in range(80))
+    for db in databases:
+        await db.close()

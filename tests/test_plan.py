@@ -1,0 +1,234 @@
+"""The pre-cancellation plan through the web chat, and its durable reminders on an injectable clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bot.plans import beijing_moment, beijing_today
+from bot.server import RunningServer, start_server
+from integrations.sandbox_registry.app import create_app as create_sandbox
+from tests.conftest import Chat, make_settings
+from tests.test_restart import ROOT, free_port
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def plan_day(days: int = 20) -> str:
+    return (beijing_today(datetime.now(UTC)) + timedelta(days=days)).isoformat()
+
+
+@pytest.fixture
+async def quiet(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """The background scheduler stays asleep: tests drive the clock and the scheduler themselves."""
+    srv = await start_server(make_settings(tmp_path, scheduler_poll_seconds=3600))
+    yield srv
+    await srv.stop()
+
+
+async def make_plan(chat: Chat, day: str) -> None:
+    demo = await chat.demo("recycled")
+    await chat.say("/start")
+    await chat.pick("plan")
+    assert "注销或换号前" in chat.text
+    await chat.pick("agree")
+    await chat.say(demo["phone"])
+    await chat.say(await chat.latest_code(demo["phone"]))
+    assert "您打算哪天注销" in chat.text and any(m.get("date_picker") for m in chat.last)
+    await chat.say(day)
+
+
+async def test_plan_made_ticked_and_snoozed(chat: Chat) -> None:
+    await make_plan(chat, "2020-01-01")
+    assert "这个日期已经过去了" in chat.text
+    await chat.say("2099-01-01")
+    assert "一年以内" in chat.text
+    await chat.say(plan_day())
+    view = chat.text
+    total = int(re.search(r"已完成 0/(\d+) 项", view).group(1))  # type: ignore[union-attr]
+    items = re.findall(r"⬜ \d+\. (.+)", view)
+    assert len(items) == total and total >= 8
+    order = [items.index(name) for name in ("银行卡预留手机号、U 盾和短信提醒", "备份通讯录", "注销后销毁旧 SIM 卡")]
+    assert order == sorted(order), "money first, the SIM last"
+    first = next(c for m in chat.last for c in m["choices"] if c["id"].startswith("i:"))
+    await chat.pick(first["id"])
+    await chat.pick("done")
+    assert f"已完成 1/{total} 项" in chat.text and f"✅ 1. {first['label']}" in chat.text
+    second = next(c for m in chat.last for c in m["choices"] if c["id"].startswith("i:"))
+    await chat.pick(second["id"])
+    await chat.pick("snooze")
+    assert re.search(rf"⏰ 2\. {re.escape(second['label'])}（\d{{4}}-\d{{2}}-\d{{2}} 再提醒）", chat.text)
+    await chat.pick("date")
+    await chat.say("下周五")
+    assert "注销计划：" in chat.text
+    await chat.pick("cancel")
+    assert "注销计划已取消" in chat.text
+
+
+async def test_reminders_fire_at_their_times_listing_only_open_items(quiet: RunningServer,
+                                                                     http: aiohttp.ClientSession) -> None:
+    chat = await Chat(http, quiet.url).open()
+    day = plan_day()
+    await make_plan(chat, day)
+    first = next(c for m in chat.last for c in m["choices"] if c["id"].startswith("i:"))
+    await chat.pick(first["id"])
+    await chat.pick("done")
+    seen = chat.last[-1]["seq"]
+    clock = Clock(beijing_moment(datetime.fromisoformat(day).date() - timedelta(days=7)) - timedelta(minutes=1))
+    quiet.runtime.jobs.clock = clock
+    await quiet.runtime.jobs.run_due()  # only housekeeping is due a minute before T-7
+    assert await chat.pushed(seen) == []
+    texts = []
+    for label, delta in (("还有 7 天", 7), ("还有 1 天", 1), ("就是今天", 0)):
+        clock.now = beijing_moment(datetime.fromisoformat(day).date() - timedelta(days=delta))
+        await quiet.runtime.jobs.run_due()
+        pushed = await chat.pushed(seen)
+        assert len(pushed) == 1 and label in pushed[0]["text"], pushed
+        assert first["label"] not in pushed[0]["text"]  # ticked: not listed
+        seen = pushed[0]["seq"]
+        texts.append(pushed[0]["text"])
+    clock.now = beijing_moment(datetime.fromisoformat(day).date() + timedelta(days=1))
+    await quiet.runtime.jobs.run_due()
+    after = await chat.pushed(seen)
+    assert len(after) == 1 and "冻结约 90 天" in after[0]["text"] and "保号" in after[0]["text"]
+    clock.now += timedelta(days=30)
+    await quiet.runtime.jobs.run_due()
+    assert len(await chat.pushed(seen)) == 1, "each reminder went exactly once"
+
+
+async def test_stop_silences_everything(quiet: RunningServer, http: aiohttp.ClientSession) -> None:
+    chat = await Chat(http, quiet.url).open()
+    day = plan_day()
+    await make_plan(chat, day)
+    await chat.say("退订")
+    assert "已退订" in chat.text
+    seen = chat.last[-1]["seq"]
+    quiet.runtime.jobs.clock = Clock(beijing_moment(datetime.fromisoformat(day).date() + timedelta(days=2)))
+    await quiet.runtime.jobs.run_due()
+    assert await chat.pushed(seen) == []
+
+
+async def test_a_reminder_due_while_down_is_sent_once_after_restart(tmp_path: Path,
+                                                                    http: aiohttp.ClientSession) -> None:
+    settings = make_settings(tmp_path, scheduler_poll_seconds=3600)
+    first = await start_server(settings)
+    chat = await Chat(http, first.url).open()
+    day = plan_day(3)
+    await make_plan(chat, day)
+    seen = chat.last[-1]["seq"]
+    await first.stop()
+    second = await start_server(settings)  # days later: T-1 passed while we were down
+    try:
+        chat.base = second.url
+        second.runtime.jobs.clock = Clock(beijing_moment(datetime.fromisoformat(day).date()) - timedelta(hours=2))
+        await second.runtime.jobs.run_due()
+        await second.runtime.jobs.run_due()
+        pushed = await chat.pushed(seen)
+        assert len(pushed) == 1 and "还有 1 天" in pushed[0]["text"], pushed
+    finally:
+        await second.stop()
+
+
+async def test_kill_9_during_a_reminder_then_it_runs_exactly_once(tmp_path: Path) -> None:
+    stall = asyncio.Event()
+    stall.set()
+
+    @web.middleware
+    async def maybe_stall(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        if not stall.is_set() and request.path.endswith("/bindings"):
+            await stall.wait()  # released once the bot has been killed
+        return await handler(request)
+
+    outer = web.Application(middlewares=[maybe_stall])
+    outer.add_subapp("/reg", create_sandbox(str(tmp_path / "registry.sqlite3")))
+    registry = web.AppRunner(outer)
+    await registry.setup()
+    await web.TCPSite(registry, "127.0.0.1", 0).start()
+    registry_url = f"http://127.0.0.1:{registry.addresses[0][1]}/reg"
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "DATA_DIR": str(tmp_path / "bot"), "SECRET_KEY": "kill-test",
+           "REGISTRY_URL": registry_url, "SCHEDULER_POLL_SECONDS": "0.2", "JOB_LEASE_SECONDS": "2",
+           "LOG_LEVEL": "WARNING", "REGISTRY_TIMEOUT": "60"}
+
+    async def start() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", cwd=ROOT, env=env,
+                                                    stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                        if r.status == 200:
+                            return proc
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        raise AssertionError("bot did not start")
+
+    db_path = tmp_path / "bot" / "haoqing.sqlite3"
+
+    def query(sql: str, *args: object) -> list[tuple]:
+        with sqlite3.connect(db_path, timeout=10) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    proc = await start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            chat = Chat(http, f"http://127.0.0.1:{port}")
+            await chat.open()
+            async with http.get(f"{registry_url}/numbers", params={"kind": "recycled"}) as r:
+                demo = (await r.json())[0]
+            await chat.say("/start")
+            await chat.pick("plan")
+            await chat.pick("agree")
+            await chat.say(demo["phone"])
+            async with http.get(f"{chat.base}/sandbox/sms", params={"phone": demo["phone"]}) as r:
+                code = re.search(r"\d{6}", (await r.json())[-1]["text"]).group(0)  # type: ignore[union-attr]
+            await chat.say(code)
+            await chat.say(plan_day(10))
+            seen = chat.last[-1]["seq"]
+            stall.clear()
+            query("UPDATE jobs SET due_at = ? WHERE key LIKE 'plan:%:T-7'",
+                  (datetime.now(UTC) - timedelta(seconds=1)).replace(tzinfo=None).isoformat(sep=" "))
+            for _ in range(100):
+                if query("SELECT status FROM jobs WHERE key LIKE 'plan:%:T-7'") == [("running",)]:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the reminder never started")
+            await asyncio.sleep(0.3)
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            stall.set()
+            proc = await start()
+            for _ in range(100):
+                if query("SELECT status FROM jobs WHERE key LIKE 'plan:%:T-7'") == [("done",)]:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(query("SELECT status, attempts FROM jobs WHERE key LIKE 'plan:%:T-7'"))
+            pushed = await chat.pushed(seen)
+            assert len([m for m in pushed if "还有 7 天" in m["text"]]) == 1, json.dumps(pushed, ensure_ascii=False)
+            assert query("SELECT attempts FROM jobs WHERE key LIKE 'plan:%:T-7'") == [(2,)]
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+        await registry.cleanup()
