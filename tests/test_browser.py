@@ -91,3 +91,24 @@ async def test_network_error_shows_inline_with_retry(page, server: RunningServer
     await page.context.set_offline(False)
     await alert.get_by_role("button", name="重试").click()
     await page.get_by_text("没看懂这条消息").wait_for()
+
+
+async def test_plan_date_picker(page, server: RunningServer) -> None:
+    base = server.url
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/sandbox/registry/numbers", params={"kind": "fresh"}) as r:
+            demo = (await r.json())[0]
+    await page.goto(base + "/")
+    await page.get_by_role("button", name="注销前提醒").last.click()
+    await page.get_by_role("button", name="同意并继续").last.click()
+    await page.fill("#text", demo["phone"])
+    await page.click("#send")
+    await page.get_by_text("请输入 6 位验证码").wait_for()
+    await page.fill("#text", await latest_code(base, demo["phone"]))
+    await page.click("#send")
+    picker = page.locator("input.date-picker").last
+    await picker.wait_for()
+    target = await page.evaluate("new Date(Date.now() + 20 * 86400000).toISOString().slice(0, 10)")
+    await picker.fill(target)
+    await page.get_by_text(f"注销计划：{target}").wait_for()
+    assert "已完成 0/" in await page.inner_text("#log")
