@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EffectContext:
-    user: User
+    user_id: int
     lang: str
     now: datetime
 
@@ -342,6 +342,5 @@ class EffectRunner:
 
 
 def _uid(ctx: EffectContext) -> int:
-    assert ctx.user.id is not None
-    return ctx.user.id
+    return ctx.user_id
 

@@ -15,7 +15,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from bot.storage import Database, Job, utcnow
+from bot.storage import Database, Job, sqlite_time, utcnow
 from dialogs.masking import scrub
 
 log = logging.getLogger(__name__)
@@ -174,8 +174,4 @@ class JobScheduler:
 
 
 def _db_time(moment: datetime, db: Database) -> Any:
-    # sqlmodel stores datetimes on SQLite as naive UTC text ("YYYY-MM-DD HH:MM:SS.ffffff"); raw SQL must
-    # compare against the same form. PostgreSQL takes the aware value as it is.
-    if db.is_sqlite:
-        return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-    return moment
+    return sqlite_time(moment) if db.is_sqlite else moment

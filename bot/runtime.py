@@ -13,6 +13,7 @@ from bot.jobs import JobScheduler
 from bot.locks import KeyedLocks
 from bot.otp import OtpService
 from bot.plans import PlanService
+from bot.step_store import StepStore, step_store_for
 from bot.storage import Database
 from bot.unbind_requests import UnbindService
 from bot.vault import Vault
@@ -38,6 +39,7 @@ class Runtime:
     otp: OtpService = field(init=False)
     effects: EffectRunner = field(init=False)
     dispatcher: Dispatcher = field(init=False)
+    steps: StepStore = field(init=False)
     unbind: UnbindService = field(init=False)
     jobs: JobScheduler = field(init=False)
     plans: PlanService = field(init=False)
@@ -45,6 +47,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.otp = OtpService(self.db, self.vault, self.sms, self.settings)
         self.effects = EffectRunner(self)
+        self.steps = step_store_for(self.db)
         self.dispatcher = Dispatcher(self)
         self.unbind = UnbindService(self)
         self.jobs = JobScheduler(self.db, lease_seconds=self.settings.job_lease_seconds)
@@ -55,6 +58,7 @@ class Runtime:
         return self.sms if isinstance(self.sms, SandboxSmsGateway) else None
 
     async def close(self) -> None:
+        await self.steps.close()
         await self.registry.close()
         await self.sms.close()
         await self.db.close()

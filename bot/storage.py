@@ -18,6 +18,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def sqlite_time(moment: datetime) -> str:
+    """The text form sqlmodel stores datetimes in on SQLite (naive UTC), for raw SQL that must match it."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
 class User(SQLModel, table=True):
     __tablename__ = "users"
     __table_args__ = (UniqueConstraint("channel", "external_id"),)

@@ -1,0 +1,335 @@
+"""The hot path's storage: the few reads and writes one conversation step needs, in as few round trips
+as the database allows.
+
+On SQLite one writer thread owns a connection and commits queued work in groups: a step costs two thread
+hops and shares its commit with every step queued beside it. Elsewhere (PostgreSQL) the same operations
+run through SQLAlchemy. Either way the inbox row is committed before the step runs, and the new state,
+the replies and the inbox answer commit together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import text
+
+from bot.storage import Database, sqlite_time, utcnow
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ConflictError(RuntimeError):
+    """Another worker changed this conversation meanwhile; the delivery is retried."""
+
+
+@dataclass(frozen=True)
+class UserRef:
+    id: int
+    lang: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class Begin:
+    inbox_id: int | None
+    # The first answer, when this delivery was handled before.
+    answer: list[dict[str, Any]] | None
+    state: str
+    data: str
+    version: int | None  # None: no conversation yet
+
+
+class StepStore(Protocol):
+    async def resolve_user(self, channel: str, external_id: str, lang: str, create: bool) -> UserRef | None: ...
+
+    async def begin(self, user_id: int, channel: str, dedupe_key: str | None, lang: str) -> Begin: ...
+
+    async def commit(self, user_id: int, version: int | None, state: str, data: str,
+                     payloads: list[dict[str, Any]], inbox_id: int | None, channel: str, lang: str | None,
+                     reminders: bool) -> None: ...
+
+    async def messages_after(self, user_id: int, after: int, limit: int) -> list[str]: ...
+
+    async def close(self) -> None: ...
+
+
+# --- SQL shared by both implementations (plain SQL both dialects accept) ---
+_SELECT_USER = "SELECT id, lang, active FROM users WHERE channel = :channel AND external_id = :external_id"
+_INSERT_USER = (
+    "INSERT INTO users (channel, external_id, lang, active, reminders_on, created_at, last_seen_at, next_seq) "
+    "VALUES (:channel, :external_id, :lang, :true, :true, :now, :now, 1) ON CONFLICT DO NOTHING"
+)
+_INSERT_INBOX = (
+    "INSERT INTO inbox (channel, dedupe_key, user_id, status, received_at) "
+    "VALUES (:channel, :key, :user_id, 'received', :now) ON CONFLICT DO NOTHING RETURNING id"
+)
+_SELECT_INBOX = "SELECT id, user_id, status, response FROM inbox WHERE channel = :channel AND dedupe_key = :key"
+_SELECT_CONV = "SELECT state, data, version FROM conversations WHERE user_id = :user_id"
+_INSERT_CONV = (
+    "INSERT INTO conversations (user_id, state, data, version, updated_at) "
+    "VALUES (:user_id, :state, :data, 1, :now) ON CONFLICT DO NOTHING"
+)
+_UPDATE_CONV = (
+    "UPDATE conversations SET state = :state, data = :data, version = version + 1, updated_at = :now "
+    "WHERE user_id = :user_id AND version = :version"
+)
+_RESERVE_SEQ = (
+    "UPDATE users SET next_seq = next_seq + :count, last_seen_at = :now, lang = COALESCE(:lang, lang), "
+    "reminders_on = :reminders WHERE id = :user_id RETURNING next_seq"
+)
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (user_id, channel, seq, inbox_id, kind, payload, status, attempts, created_at, sent_at) "
+    "VALUES (:user_id, :channel, :seq, :inbox_id, 'reply', :payload, 'sent', 0, :now, :now)"
+)
+_ANSWER_INBOX = "UPDATE inbox SET status = 'done', done_at = :now, response = :response WHERE id = :id"
+_MESSAGES_AFTER = (
+    "SELECT payload FROM outbox WHERE user_id = :user_id AND seq > :after ORDER BY seq LIMIT :limit"
+)
+
+
+class _Tx(Protocol):
+    def one(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None: ...
+
+    def all(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]: ...
+
+    def run(self, sql: str, params: dict[str, Any]) -> int: ...
+
+
+def _resolve_user(tx: _Tx, channel: str, external_id: str, lang: str, create: bool, now: Any) -> UserRef | None:
+    params = {"channel": channel, "external_id": external_id}
+    row = tx.one(_SELECT_USER, params)
+    if row is None and create:
+        tx.run(_INSERT_USER, {**params, "lang": lang, "true": True, "now": now})
+        row = tx.one(_SELECT_USER, params)
+    return None if row is None else UserRef(int(row[0]), str(row[1]), bool(row[2]))
+
+
+def _begin(tx: _Tx, user_id: int, channel: str, key: str | None, now: Any, lang: str) -> Begin:
+    inbox_id: int | None = None
+    if key is not None:
+        inserted = tx.one(_INSERT_INBOX, {"channel": channel, "key": key, "user_id": user_id, "now": now})
+        if inserted is not None:
+            inbox_id = int(inserted[0])
+        else:
+            existing = tx.one(_SELECT_INBOX, {"channel": channel, "key": key})
+            assert existing is not None
+            if int(existing[1]) == user_id:
+                inbox_id = int(existing[0])
+                if existing[2] == "done":
+                    return Begin(inbox_id, json.loads(existing[3] or "[]"), "", "", None)
+            # Another user's delivery id: never replay their answer, and process this one undeduplicated.
+    conv = tx.one(_SELECT_CONV, {"user_id": user_id})
+    if conv is None:
+        return Begin(inbox_id, None, "", json.dumps({"lang": lang}), None)
+    return Begin(inbox_id, None, str(conv[0]), str(conv[1]), int(conv[2]))
+
+
+def _commit(tx: _Tx, user_id: int, version: int | None, state: str, data: str, payloads: list[dict[str, Any]],
+            inbox_id: int | None, channel: str, lang: str | None, reminders: bool, now: Any) -> None:
+    params = {"user_id": user_id, "state": state, "data": data, "now": now, "version": version}
+    changed = tx.run(_INSERT_CONV if version is None else _UPDATE_CONV, params)
+    if changed != 1:
+        raise ConflictError(f"conversation of user {user_id} changed meanwhile")
+    row = tx.one(_RESERVE_SEQ, {"count": len(payloads), "now": now, "lang": lang, "reminders": reminders,
+                                "user_id": user_id})
+    assert row is not None
+    first = int(row[0]) - len(payloads)
+    for offset, payload in enumerate(payloads):
+        payload["seq"] = first + offset
+        tx.run(_INSERT_OUTBOX, {"user_id": user_id, "channel": channel, "seq": first + offset, "inbox_id": inbox_id,
+                                "payload": json.dumps(payload, ensure_ascii=False), "now": now})
+    if inbox_id is not None:
+        tx.run(_ANSWER_INBOX, {"now": now, "response": json.dumps(payloads, ensure_ascii=False), "id": inbox_id})
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def one(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return list(self.conn.execute(sql, params).fetchall())
+
+    def run(self, sql: str, params: dict[str, Any]) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+
+@dataclass
+class _Work:
+    fn: Callable[[_SqliteTx], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    write: bool
+
+
+class SqliteStepStore:
+    """One thread, one connection, group commit: queued units run in one transaction, each in a savepoint."""
+
+    MAX_BATCH = 256
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="sqlite-step-store", daemon=True)
+        self._ready = threading.Event()
+        self._thread.start()
+        self._ready.wait()
+
+    def _serve(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        tx = _SqliteTx(conn)
+        self._ready.set()
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            self._run_batch(conn, tx, batch)
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, tx: _SqliteTx, batch: list[_Work]) -> None:
+        results: list[tuple[_Work, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE" if any(w.write for w in batch) else "BEGIN")
+            for work in batch:
+                conn.execute("SAVEPOINT unit")
+                try:
+                    value = work.fn(tx)
+                except Exception as exc:  # one unit's failure must not undo its neighbours
+                    conn.execute("ROLLBACK TO unit")
+                    conn.execute("RELEASE unit")
+                    results.append((work, False, exc))
+                else:
+                    conn.execute("RELEASE unit")
+                    results.append((work, True, value))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            log.exception("sqlite step store batch failed")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            results = [(work, False, exc) for work in batch]
+        for work, ok, value in results:
+            work.loop.call_soon_threadsafe(_settle, work.future, ok, value)
+
+    async def _submit(self, fn: Callable[[_SqliteTx], T], write: bool = True) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Work(fn, future, loop, write))
+        return await future
+
+    async def resolve_user(self, channel: str, external_id: str, lang: str, create: bool) -> UserRef | None:
+        now = sqlite_time(utcnow())
+        return await self._submit(lambda tx: _resolve_user(tx, channel, external_id, lang, create, now), create)
+
+    async def begin(self, user_id: int, channel: str, dedupe_key: str | None, lang: str) -> Begin:
+        now = sqlite_time(utcnow())
+        return await self._submit(lambda tx: _begin(tx, user_id, channel, dedupe_key, now, lang),
+                                  dedupe_key is not None)
+
+    async def commit(self, user_id: int, version: int | None, state: str, data: str,
+                     payloads: list[dict[str, Any]], inbox_id: int | None, channel: str, lang: str | None,
+                     reminders: bool) -> None:
+        now = sqlite_time(utcnow())
+        await self._submit(lambda tx: _commit(tx, user_id, version, state, data, payloads, inbox_id, channel, lang,
+                                              reminders, now))
+
+    async def messages_after(self, user_id: int, after: int, limit: int) -> list[str]:
+        rows = await self._submit(lambda tx: tx.all(_MESSAGES_AFTER, {"user_id": user_id, "after": after,
+                                                                      "limit": limit}), write=False)
+        return [str(row[0]) for row in rows]
+
+    async def close(self) -> None:
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join, 10)
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+class _SyncConnTx:
+    """The same operations on a SQLAlchemy connection, run inside `run_sync` (one greenlet hop per unit)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def one(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        row = self.conn.execute(text(sql), params).first()
+        return None if row is None else tuple(row)
+
+    def all(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self.conn.execute(text(sql), params).all()]
+
+    def run(self, sql: str, params: dict[str, Any]) -> int:
+        return int(self.conn.execute(text(sql), params).rowcount)
+
+
+class SqlAlchemyStepStore:
+    """PostgreSQL (or any SQLAlchemy database): each unit is one transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def _unit(self, fn: Callable[[_SyncConnTx], T]) -> T:
+        async with self.db.engine.begin() as conn:
+            return await conn.run_sync(lambda sync: fn(_SyncConnTx(sync)))
+
+    async def resolve_user(self, channel: str, external_id: str, lang: str, create: bool) -> UserRef | None:
+        now = datetime.now(UTC)
+        return await self._unit(lambda tx: _resolve_user(tx, channel, external_id, lang, create, now))
+
+    async def begin(self, user_id: int, channel: str, dedupe_key: str | None, lang: str) -> Begin:
+        now = datetime.now(UTC)
+        return await self._unit(lambda tx: _begin(tx, user_id, channel, dedupe_key, now, lang))
+
+    async def commit(self, user_id: int, version: int | None, state: str, data: str,
+                     payloads: list[dict[str, Any]], inbox_id: int | None, channel: str, lang: str | None,
+                     reminders: bool) -> None:
+        now = datetime.now(UTC)
+        await self._unit(lambda tx: _commit(tx, user_id, version, state, data, payloads, inbox_id, channel, lang,
+                                            reminders, now))
+
+    async def messages_after(self, user_id: int, after: int, limit: int) -> list[str]:
+        rows = await self._unit(lambda tx: tx.all(_MESSAGES_AFTER, {"user_id": user_id, "after": after,
+                                                                    "limit": limit}))
+        return [str(row[0]) for row in rows]
+
+    async def close(self) -> None:
+        return None
+
+
+def step_store_for(db: Database) -> StepStore:
+    if db.is_sqlite:
+        return SqliteStepStore(db.url.split("///", 1)[1])
+    return SqlAlchemyStepStore(db)
