@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime
 
 from dialogs.idcard import validate_id_number
 from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Msg, Reply, Step
-from dialogs.verify import FRESH_FOR
+from dialogs.verify import recent
 
 NAME = "realname.name"
 ID = "realname.id"
@@ -26,13 +25,8 @@ def checked_recently(ctx: Ctx) -> bool:
     verified = ctx.data.get("verified")
     if not isinstance(realname, dict) or not isinstance(verified, dict):
         return False
-    if realname.get("verification_id") != verified.get("id"):
-        return False
-    try:
-        at = datetime.fromisoformat(str(realname.get("at")))
-    except ValueError:
-        return False
-    return ctx.event.now - at < FRESH_FOR
+    # A check belongs to the verification it was made under: a new number means a new check.
+    return realname.get("verification_id") == verified.get("id") and recent(realname, ctx.event.now)
 
 
 def start(ctx: Ctx) -> Step:

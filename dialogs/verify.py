@@ -17,15 +17,19 @@ CONSENT_VERSION = "2026-11-v1"
 FRESH_FOR = timedelta(minutes=30)
 
 
-def verified_recently(ctx: Ctx) -> bool:
-    verified = ctx.data.get("verified")
-    if not isinstance(verified, dict):
+def recent(record: object, now: datetime) -> bool:
+    """True when `record` is a dict whose `at` timestamp is less than FRESH_FOR old."""
+    if not isinstance(record, dict):
         return False
     try:
-        at = datetime.fromisoformat(str(verified.get("at")))
+        at = datetime.fromisoformat(str(record.get("at")))
     except ValueError:
         return False
-    return ctx.event.now - at < FRESH_FOR
+    return now - at < FRESH_FOR
+
+
+def verified_recently(ctx: Ctx) -> bool:
+    return recent(ctx.data.get("verified"), ctx.event.now)
 
 
 def start(ctx: Ctx) -> Step:

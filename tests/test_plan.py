@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +19,7 @@ from bot.plans import beijing_moment, beijing_today
 from bot.server import RunningServer, start_server
 from integrations.sandbox_registry.app import create_app as create_sandbox
 from tests.conftest import Chat, make_settings
-from tests.test_restart import ROOT, free_port
+from tests.processes import free_port, start_bot
 
 
 class Clock:
@@ -164,23 +162,11 @@ async def test_kill_9_during_a_reminder_then_it_runs_exactly_once(tmp_path: Path
     await web.TCPSite(registry, "127.0.0.1", 0).start()
     registry_url = f"http://127.0.0.1:{registry.addresses[0][1]}/reg"
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "DATA_DIR": str(tmp_path / "bot"), "SECRET_KEY": "kill-test",
-           "REGISTRY_URL": registry_url, "SCHEDULER_POLL_SECONDS": "0.2", "JOB_LEASE_SECONDS": "2",
-           "LOG_LEVEL": "WARNING", "REGISTRY_TIMEOUT": "60"}
+    env = {"DATA_DIR": str(tmp_path / "bot"), "SECRET_KEY": "kill-test", "REGISTRY_URL": registry_url,
+           "SCHEDULER_POLL_SECONDS": "0.2", "JOB_LEASE_SECONDS": "2", "REGISTRY_TIMEOUT": "60"}
 
     async def start() -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", cwd=ROOT, env=env,
-                                                    stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.DEVNULL)
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
-                        if r.status == 200:
-                            return proc
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
-        raise AssertionError("bot did not start")
+        return await start_bot(port, env, probe="/healthz")
 
     db_path = tmp_path / "bot" / "haoqing.sqlite3"
 

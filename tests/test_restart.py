@@ -3,43 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import sys
 from pathlib import Path
 
 import aiohttp
 
 from tests.conftest import Chat
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.processes import free_port, start_bot
 
 
 async def start(tmp_path: Path, port: int) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "DATA_DIR": str(tmp_path),
-           "SECRET_KEY": "restart-test-secret", "LOG_LEVEL": "WARNING"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", cwd=ROOT, env=env,
-                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                    if r.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                pass
-            if proc.returncode is not None:
-                raise AssertionError((await proc.stderr.read()).decode()[-2000:])  # type: ignore[union-attr]
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise AssertionError("server did not become ready")
+    return await start_bot(port, {"DATA_DIR": str(tmp_path), "SECRET_KEY": "restart-test-secret"})
 
 
 async def test_kill_9_mid_conversation_then_continue(tmp_path: Path) -> None:
