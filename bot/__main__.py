@@ -1,4 +1,5 @@
-"""Command line: `python -m bot run` serves the bot; `python -m bot diagram` prints the dialog diagram."""
+"""Command line: `python -m bot run` serves the bot; `python -m bot diagram` prints the dialog diagram;
+`python -m bot migration "what changed"` writes a new Alembic revision from the models."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ async def _run(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot")
-    parser.add_argument("command", choices=["run", "diagram"])
+    parser.add_argument("command", choices=["run", "diagram", "migration"])
+    parser.add_argument("message", nargs="?", default="", help="migration: what the new revision changes")
     args = parser.parse_args(argv)
+    if args.command == "migration":
+        return _new_migration(args.message or "schema change")
     if args.command == "diagram":
         from dialogs.machine import mermaid
 
@@ -36,6 +40,23 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     configure(settings.log_level, settings.log_file)
     asyncio.run(_run(settings))
+    return 0
+
+
+def _new_migration(message: str) -> int:
+    """Autogenerates a revision by diffing the models against a scratch database at the current head."""
+    import tempfile
+
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from bot.storage import _migrate, alembic_config
+
+    with tempfile.TemporaryDirectory() as scratch:
+        engine = create_engine(f"sqlite:///{scratch}/scratch.sqlite3")
+        with engine.begin() as conn:
+            _migrate(conn)
+            command.revision(alembic_config(conn), message=message, autogenerate=True)
     return 0
 
 
