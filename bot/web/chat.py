@@ -30,6 +30,10 @@ _SESSION_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _PAGE_TOKENS = re.compile(r"\{\{\s*([a-z_.]+)\s*\}\}")
 
 
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _session_ref(rt: Runtime, session_id: str) -> str:
     return hmac.new(rt.vault.session_key, session_id.encode(), hashlib.sha256).hexdigest()[:40]
 
@@ -130,7 +134,7 @@ async def post_message(request: web.Request) -> web.Response:
         messages = await rt.dispatcher.handle(incoming)
     except ConflictError:
         return _error(rt, 409, "busy", lang)
-    return web.json_response({"messages": messages})
+    return web.json_response({"messages": messages}, dumps=_dumps)
 
 
 async def get_messages(request: web.Request) -> web.Response:
