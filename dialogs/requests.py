@@ -24,10 +24,12 @@ def _item(item: Mapping[str, Any]) -> Msg:
                                        "status": Msg(f"requests.status.{p['status']}")})
         for p in item.get("platforms", [])
     ))
-    due_key = "unbind.due_estimated" if item.get("estimated") else "unbind.due"
+    if item["status"] in ("done", "rejected", "refused"):
+        due = Msg("requests.finished")
+    else:
+        due = Msg("unbind.due_estimated" if item.get("estimated") else "unbind.due", {"date": str(item["due"])})
     return Msg("requests.item", {"reference": str(item["reference"]),
-                                 "status": Msg(f"requests.status.{item['status']}"),
-                                 "due": Msg(due_key, {"date": str(item["due"])}), "lines": platforms})
+                                 "status": Msg(f"requests.status.{item['status']}"), "due": due, "lines": platforms})
 
 
 def _view(ctx: Ctx) -> Step:
