@@ -106,12 +106,16 @@ class Chat:
             assert r.status == 200, await r.text()
             return (await r.json())[0]
 
-    async def verify(self, phone: str) -> None:
-        """Menu → lookup → consent → phone → code, ending on the lookup result."""
+    async def to_phone_prompt(self, flow: str = "lookup") -> None:
+        """Menu → `flow` → consent (when asked), ending where the bot asks for the phone number."""
         await self.say("/start")
-        await self.pick("lookup")
+        await self.pick(flow)
         if any(c["id"] == "agree" for m in self.last for c in m.get("choices", [])):
             await self.pick("agree")
+
+    async def verify(self, phone: str, flow: str = "lookup") -> None:
+        """Menu → `flow` → consent → phone → code, ending on whatever the flow shows next."""
+        await self.to_phone_prompt(flow)
         await self.say(phone)
         await self.say(await self.latest_code(phone))
 

@@ -21,9 +21,7 @@ async def no_wait(tmp_path: Path) -> AsyncIterator[RunningServer]:
 
 async def at_phone_prompt(http: aiohttp.ClientSession, base: str) -> Chat:
     chat = await Chat(http, base).open()
-    await chat.say("/start")
-    await chat.pick("lookup")
-    await chat.pick("agree")
+    await chat.to_phone_prompt()
     return chat
 
 

@@ -44,12 +44,8 @@ async def quiet(tmp_path: Path) -> AsyncIterator[RunningServer]:
 
 async def make_plan(chat: Chat, day: str) -> None:
     demo = await chat.demo("recycled")
-    await chat.say("/start")
-    await chat.pick("plan")
-    assert "注销或换号前" in chat.text
-    await chat.pick("agree")
-    await chat.say(demo["phone"])
-    await chat.say(await chat.latest_code(demo["phone"]))
+    await chat.verify(demo["phone"], flow="plan")
+    assert "注销或换号前" in "\n".join(m["text"] for m in chat.transcript)
     assert "您打算哪天注销" in chat.text and any(m.get("date_picker") for m in chat.last)
     await chat.say(day)
 

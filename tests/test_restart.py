@@ -23,9 +23,7 @@ async def test_kill_9_mid_conversation_then_continue(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http:
             chat = await Chat(http, f"http://127.0.0.1:{port}").open()
             phone = (await chat.demo("recycled"))["phone"]
-            await chat.say("/start")
-            await chat.pick("lookup")
-            await chat.pick("agree")
+            await chat.to_phone_prompt()
             await chat.say(phone)
             code = await chat.latest_code(phone)
             assert "请输入 6 位验证码" in chat.text

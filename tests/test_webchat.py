@@ -67,9 +67,7 @@ async def test_english_session_speaks_english(server: RunningServer, http: aioht
 
 async def test_same_message_id_twice_changes_state_once(chat: Chat, server: RunningServer) -> None:
     phone = (await chat.demo("fresh"))["phone"]
-    await chat.say("/start")
-    await chat.pick("lookup")
-    await chat.pick("agree")
+    await chat.to_phone_prompt()
     first = await chat.send({"id": "same-1", "text": phone})
     again = await chat.send({"id": "same-1", "text": phone})
     assert first == again
@@ -99,9 +97,7 @@ async def test_pushed_messages_arrive_after_n(chat: Chat, server: RunningServer,
 
 async def test_wrong_codes_lock_the_challenge_even_for_the_right_code(chat: Chat) -> None:
     phone = (await chat.demo("recycled"))["phone"]
-    await chat.say("/start")
-    await chat.pick("lookup")
-    await chat.pick("agree")
+    await chat.to_phone_prompt()
     await chat.say(phone)
     code = await chat.latest_code(phone)
     wrong = f"{(int(code) + 1) % 1_000_000:06d}"
@@ -116,9 +112,7 @@ async def test_wrong_codes_lock_the_challenge_even_for_the_right_code(chat: Chat
 
 async def test_resend_waits_sixty_seconds(chat: Chat) -> None:
     phone = (await chat.demo("fresh"))["phone"]
-    await chat.say("/start")
-    await chat.pick("lookup")
-    await chat.pick("agree")
+    await chat.to_phone_prompt()
     await chat.say(phone)
     await chat.pick("resend")
     assert re.search(r"请 \d+ 秒后再试", chat.text)
@@ -128,9 +122,7 @@ async def test_two_concurrent_submissions_of_one_code_verify_once(server: Runnin
                                                                    http: aiohttp.ClientSession) -> None:
     chat = await Chat(http, server.url).open()
     phone = (await chat.demo("fresh"))["phone"]
-    await chat.say("/start")
-    await chat.pick("lookup")
-    await chat.pick("agree")
+    await chat.to_phone_prompt()
     await chat.say(phone)
     code = await chat.latest_code(phone)
     a, b = await asyncio.gather(chat.send({"id": "c1", "text": code}), chat.send({"id": "c2", "text": code}))
