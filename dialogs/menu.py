@@ -23,11 +23,12 @@ ERRAND_KEYS = ("goal", "challenge_id", "phone_masked", "realname_pending", "name
                "guide_list", "guide_platform", "plan_item")
 
 
+# Built once: replies are immutable, and the menu is the most common reply of all.
+_MENU_REPLY = Reply(Msg("menu.prompt"), tuple(Choice(choice_id, Msg(f"menu.{choice_id}")) for choice_id, _ in MENU_ITEMS))
+
+
 def menu_reply() -> Reply:
-    return Reply(
-        Msg("menu.prompt"),
-        tuple(Choice(choice_id, Msg(f"menu.{choice_id}")) for choice_id, _ in MENU_ITEMS),
-    )
+    return _MENU_REPLY
 
 
 def show_menu(ctx: Ctx, *before: Reply) -> Step:
