@@ -24,7 +24,8 @@ ERRAND_KEYS = ("goal", "challenge_id", "phone_masked", "realname_pending", "name
 
 
 # Built once: replies are immutable, and the menu is the most common reply of all.
-_MENU_REPLY = Reply(Msg("menu.prompt"), tuple(Choice(choice_id, Msg(f"menu.{choice_id}")) for choice_id, _ in MENU_ITEMS))
+_MENU_REPLY = Reply(Msg("menu.prompt"),
+                    tuple(Choice(choice_id, Msg(f"menu.{choice_id}")) for choice_id, _ in MENU_ITEMS))
 
 
 def menu_reply() -> Reply:
