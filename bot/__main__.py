@@ -1,5 +1,6 @@
 """Command line: `python -m bot run` serves the bot; `python -m bot diagram` prints the dialog diagram;
-`python -m bot migration "what changed"` writes a new Alembic revision from the models."""
+`python -m bot migration "what changed"` writes a new Alembic revision from the models;
+`python -m bot wechat-menu` creates the WeChat official account's custom menu."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ async def _run(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot")
-    parser.add_argument("command", choices=["run", "diagram", "migration"])
+    parser.add_argument("command", choices=["run", "diagram", "migration", "wechat-menu"])
     parser.add_argument("message", nargs="?", default="", help="migration: what the new revision changes")
     args = parser.parse_args(argv)
     if args.command == "migration":
@@ -39,7 +40,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = Settings()
     configure(settings.log_level, settings.log_file)
+    if args.command == "wechat-menu":
+        return _wechat_menu(settings)
     asyncio.run(_run(settings))
+    return 0
+
+
+def _wechat_menu(settings: Settings) -> int:
+    """Creates the official account's custom menu (CLICK keys mapped to dialog choices)."""
+    import json
+
+    from bot.channels.wechat import create_menu
+    from bot.channels.wechat_api import WeChatApiError, WeChatUnavailable
+
+    try:
+        result = asyncio.run(create_menu(settings))
+    except (WeChatApiError, WeChatUnavailable) as exc:
+        print(f"wechat-menu failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, ensure_ascii=False))
     return 0
 
 

@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     wechat_api_base_url: str = Field("", description="WeChat API base URL; default https://api.weixin.qq.com.")
     wechat_native_support: bool = Field(False, description="Hand the human-support command to WeChat's own "
                                                                    "customer-service agents.")
+    wechat_template_id: str = Field("", description="Template for pushes outside the customer-service window; "
+                                                    "empty = they wait for the user's next message.")
+    wechat_template_field: str = Field("content", description="Template data field that carries the text.")
+    wechat_template_max_chars: int = Field(200, description="Longest text put into a template field.")
+    wechat_template_url: str = Field("", description="Optional link opened from a template message.")
+    wechat_passive_seconds: float = Field(4.3, description="Longest wait before the passive reply says the bot "
+                                                          "is working (WeChat's limit is 5 s).")
+    wechat_sender_poll_seconds: float = Field(1.0, description="How often waiting WeChat pushes are tried.")
+    wechat_api_timeout: float = Field(10.0, description="Seconds before a WeChat API call counts as failed.")
     log_level: str = Field("INFO", description="Python logging level.")
     log_file: str = Field("", description="Also write JSON logs to this file.")
 

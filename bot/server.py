@@ -69,6 +69,10 @@ def create_app(settings: Settings) -> web.Application:
     chat.routes(app)
     ops.routes(app, sandbox_sms_enabled=rt.sandbox_sms is not None)
     registry_callback.routes(app)
+    if settings.wechat_token:
+        from bot.channels.wechat import setup_wechat
+
+        setup_wechat(app, rt)
     if settings.embedded_registry:
         from integrations.sandbox_registry.app import create_app as create_sandbox
 

@@ -1,0 +1,531 @@
+"""The WeChat official account (公众号) channel: the webhook at GET/POST /wechat, passive replies within
+WeChat's 5-second rule, customer-service follow-ups, the custom menu.
+
+Every request is answered within `wechat_passive_seconds` (4.3 s): the dialog step runs as a task, and if it is
+not done by then the passive reply says it is working on it and the result follows by customer-service message.
+A WeChat retry of a delivery (same MsgId, or FromUserName+CreateTime for events) joins the running step or gets
+its stored answer through the inbox; it never runs the step twice.
+It must never parse a body whose URL signature is wrong, never accept a stale or repeated timestamp/nonce, never
+hand XML with a DOCTYPE or entity to wechatpy, and never log an openid, a message text or a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+from sqlmodel import col, select, update
+from wechatpy import parse_message
+from wechatpy.events import ClickEvent, ScanEvent, SubscribeEvent, SubscribeScanEvent, UnsubscribeEvent
+from wechatpy.messages import BaseMessage, TextMessage
+from wechatpy.replies import TextReply, TransferCustomerServiceReply
+
+from bot.channels.wechat_api import MemoryTokenStore, WeChatApi
+from bot.channels.wechat_crypto import (
+    BadCiphertext,
+    BadXml,
+    NonceCache,
+    SafeModeCodec,
+    cdata_safe,
+    envelope_of,
+    fresh,
+    parse_xml,
+    signature_matches,
+    well_formed_params,
+    xml_fields,
+)
+from bot.channels.wechat_sender import CHANNEL, CustomerServiceSender
+from bot.channels.wechat_text import (
+    MAX_TEXT_BYTES,
+    clip,
+    join_texts,
+    numbered_index,
+    payload_text,
+    split_fitting,
+    text_of,
+)
+from bot.config import Settings
+from bot.dispatch import Incoming
+from bot.i18n import Catalog
+from bot.runtime import Runtime
+from bot.storage import Conversation, InboxItem, OutboxMessage, User, utcnow
+from dialogs.commands import parse_command
+from dialogs.menu import MENU_ITEMS
+from dialogs.model import DEFAULT_LANG, Event
+
+__all__ = ["WECHAT", "WeChatChannel", "create_menu", "menu_definition", "setup_wechat"]
+
+log = logging.getLogger(__name__)
+
+PATH = "/wechat"
+MAX_BODY = 64 * 1024
+# WeChat gives up after 5 s; answer well before, leaving room for the network and the reply's encryption.
+# A finished delivery is remembered this long, so WeChat's retries (within ~15 s) get a consistent answer.
+REMEMBER_SECONDS = 60.0
+_OPENID = re.compile(r"[A-Za-z0-9_-]{6,64}")
+_ACCOUNT = re.compile(r"[A-Za-z0-9_@.-]{1,64}")
+_SCENE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_MEDIA = {"image": "photo", "voice": "voice", "video": "video", "shortvideo": "video", "location": "location",
+          "link": "link"}
+# Menu CLICK keys: the main menu's choice ids, plus global commands.
+MENU_CHOICES = frozenset(choice for choice, _state in MENU_ITEMS if choice != "human")
+MENU_COMMANDS = {"human": "human", "help": "help", "menu": "menu", "start": "start", "language": "language"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one inbound message asks of the bot."""
+
+    action: Literal["dispatch", "transfer", "unsubscribe", "ignore"]
+    events: tuple[Event, ...] = ()
+    dedupe_key: str = ""
+    resubscribe: bool = False
+
+
+@dataclass
+class _Delivery:
+    """One delivery's running step, shared by WeChat's retries of it within this process."""
+
+    task: asyncio.Task[tuple[list[dict[str, Any]], str]]
+    openid: str
+    waiting: int = 0
+    # passive: a waiting request answered with the result; deferred: the result goes by customer service.
+    outcome: Literal["running", "passive", "deferred", "failed"] = "running"
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Refused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class WeChatChannel:
+    def __init__(self, rt: Runtime, *, clock: Callable[[], float] = time.time) -> None:
+        settings = rt.settings
+        self.rt = rt
+        self.token = settings.wechat_token
+        self.app_id = settings.wechat_app_id
+        self.codec = SafeModeCodec(self.token, settings.wechat_aes_key, self.app_id) if settings.wechat_aes_key \
+            else None
+        self.native_support = bool(settings.wechat_native_support)
+        self.passive_seconds = settings.wechat_passive_seconds
+        self.clock = clock
+        self.nonces = NonceCache()
+        self.api = WeChatApi(settings.wechat_api_base_url, settings.wechat_app_id, settings.wechat_app_secret,
+                             MemoryTokenStore(), timeout=settings.wechat_api_timeout)
+        self.sender = CustomerServiceSender(rt, self.api)
+        self._deliveries: dict[str, _Delivery] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Language per openid for the texts this channel adds before the step has said anything.
+        self._langs: OrderedDict[str, str] = OrderedDict()
+        self._catalog_texts = {lang: frozenset(texts.values()) for lang, texts in rt.catalog.messages.items()}
+
+    # --- HTTP -------------------------------------------------------------------------------------------
+    async def verify(self, request: web.Request) -> web.Response:
+        """GET: WeChat's server check; echoes echostr once the signature and freshness hold."""
+        try:
+            self._check_url(request)
+        except Refused as refused:
+            return self._refuse(refused)
+        echostr = request.query.get("echostr", "")
+        if not echostr or len(echostr) > 256:
+            return web.Response(status=400, text="bad echostr")
+        return web.Response(text=echostr, content_type="text/plain")
+
+    async def receive(self, request: web.Request) -> web.Response:
+        started = asyncio.get_running_loop().time()
+        try:
+            msg, fields, encrypted = await self._authentic_message(request)
+            plan = await self._plan(msg, fields)
+        except Refused as refused:
+            return self._refuse(refused)
+        openid = str(msg.source)
+        try:
+            return await self._act(msg, openid, plan, encrypted, started)
+        finally:
+            self.sender.wake_for(openid)
+
+    def _refuse(self, refused: Refused) -> web.Response:
+        log.warning("wechat request refused", extra={"status": refused.status, "reason": refused.reason})
+        return web.Response(status=refused.status, text=refused.reason, content_type="text/plain")
+
+    def _check_url(self, request: web.Request) -> tuple[str, str]:
+        query = request.query
+        signature, timestamp, nonce = (query.get("signature", ""), query.get("timestamp", ""),
+                                       query.get("nonce", ""))
+        if not well_formed_params(timestamp, nonce) or not signature_matches(signature, self.token, timestamp,
+                                                                             nonce):
+            raise Refused(403, "bad signature")
+        if not fresh(timestamp, self.clock()):
+            raise Refused(403, "stale timestamp")
+        return timestamp, nonce
+
+    async def _authentic_message(self, request: web.Request) -> tuple[BaseMessage, dict[str, str], bool]:
+        timestamp, nonce = self._check_url(request)
+        # Safe and compatible mode say encrypt_type=aes. Without a key we can still read a compatible-mode
+        # body's plaintext fields (and answer in plaintext, which compatible mode accepts).
+        encrypted = request.query.get("encrypt_type", "raw").lower() == "aes"
+        if encrypted and self.codec is None:
+            encrypted = False
+        elif not encrypted and self.codec is not None:
+            # The URL signature does not cover the body; with a key set, only msg_signature'd bodies count.
+            raise Refused(403, "plaintext body while WECHAT_AES_KEY is set")
+        raw = await self._body(request)
+        if not raw.strip():
+            raise Refused(400, "empty body")
+        try:
+            root = parse_xml(raw)
+            envelope = envelope_of(root) if encrypted else ""
+        except BadXml as exc:
+            raise Refused(400, f"bad xml: {exc}") from None
+        if encrypted:
+            assert self.codec is not None
+            if not self.codec.signature_ok(request.query.get("msg_signature", ""), timestamp, nonce, envelope):
+                raise Refused(403, "bad msg_signature")
+        if not self.nonces.check_and_add(timestamp, nonce, self.clock()):
+            raise Refused(403, "replayed nonce")
+        if encrypted:
+            assert self.codec is not None
+            try:
+                inner = self.codec.decrypt(envelope)
+                root = parse_xml(inner)
+            except (BadCiphertext, BadXml) as exc:
+                raise Refused(400, f"bad envelope: {exc}") from None
+            raw = inner.encode("utf-8")
+        fields = xml_fields(root)
+        try:
+            msg = parse_message(raw)
+        except Exception:  # wechatpy raises KeyError, ValueError, TypeError… on odd shapes
+            raise Refused(400, "unparseable message") from None
+        sender, account = fields.get("FromUserName", ""), fields.get("ToUserName", "")
+        if msg is None or not _OPENID.fullmatch(sender) or not _ACCOUNT.fullmatch(account) \
+                or str(msg.source) != sender or str(msg.target) != account:
+            raise Refused(400, "missing or odd sender")
+        return msg, fields, encrypted
+
+    async def _body(self, request: web.Request) -> bytes:
+        if (request.content_length or 0) > MAX_BODY:
+            raise Refused(413, "body too large")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.read(16384):
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise Refused(413, "body too large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # --- what the message means ---------------------------------------------------------------------------
+    async def _plan(self, msg: BaseMessage, fields: dict[str, str]) -> Plan:
+        openid = str(msg.source)
+        msg_type = fields.get("MsgType", "").strip().lower()
+        created = fields.get("CreateTime", "").strip()
+        if msg_type == "event":
+            return await self._event_plan(msg, openid, f"c:{openid}:{created}")
+        msg_id = fields.get("MsgId", "").strip()
+        key = f"m:{msg_id}" if msg_id.isdigit() else f"m:{openid}:{created}"
+        if isinstance(msg, TextMessage):
+            content = msg.content if isinstance(msg.content, str) else ""
+            command = parse_command(content)
+            if self.native_support and command is not None and command[0] == "human":
+                return Plan("transfer")
+            return Plan("dispatch", (Event("text", text=content),), key)
+        return Plan("dispatch", (Event("media", media=_MEDIA.get(msg_type, "other")),), key)
+
+    async def _event_plan(self, msg: BaseMessage, openid: str, key: str) -> Plan:
+        if isinstance(msg, UnsubscribeEvent):
+            return Plan("unsubscribe")
+        if isinstance(msg, SubscribeEvent | SubscribeScanEvent | ScanEvent):
+            scene = str(getattr(msg, "scene_id", "") or "")
+            arg = f" {scene}" if _SCENE.fullmatch(scene) else ""
+            return Plan("dispatch", (Event("text", text=f"/start{arg}"),), key,
+                        resubscribe=not isinstance(msg, ScanEvent))
+        if isinstance(msg, ClickEvent):
+            click = str(msg.key or "").strip()
+            if click == "human" and self.native_support:
+                return Plan("transfer")
+            if click in MENU_COMMANDS:
+                return Plan("dispatch", (Event("command", command=MENU_COMMANDS[click]),), key)
+            if click in MENU_CHOICES:
+                if click in await self._offered(openid):
+                    return Plan("dispatch", (Event("choice", choice=click),), key)
+                # Not on offer where the user is: back to the menu first, then the item, as if typed there.
+                return Plan("dispatch", (Event("command", command="menu"), Event("choice", choice=click)), key)
+            return Plan("dispatch", (Event("command", command="menu"),), key)
+        # VIEW, location reports, template receipts…: nothing to say.
+        return Plan("ignore")
+
+    async def _offered(self, openid: str) -> set[str]:
+        async with self.rt.db.session() as session:
+            row = (await session.exec(
+                select(Conversation.data).join(User, col(User.id) == col(Conversation.user_id))
+                .where(User.channel == CHANNEL, User.external_id == openid))).first()
+        if row is None:
+            return set()
+        try:
+            offered = json.loads(row).get("_offered") or []
+        except (ValueError, AttributeError):
+            return set()
+        return {str(item[0]) for item in offered if isinstance(item, list) and item}
+
+    # --- answering ---------------------------------------------------------------------------------------
+    async def _act(self, msg: BaseMessage, openid: str, plan: Plan, encrypted: bool,
+                   started: float) -> web.Response:
+        if plan.action == "ignore":
+            return _success()
+        if plan.action == "unsubscribe":
+            await self._set_active(openid, False)
+            log.info("wechat user unfollowed")
+            return _success()
+        if plan.action == "transfer":
+            return self._xml(TransferCustomerServiceReply(source=msg.target, target=msg.source,
+                                                          time=int(self.clock())).render(), encrypted)
+        if plan.resubscribe:
+            await self._set_active(openid, True)
+        try:
+            answer = await self._dispatch(openid, plan, started)
+        except Exception:
+            log.exception("wechat step failed")
+            return self._text(msg, text_of(self.rt.catalog, "wechat.error", self._lang(openid)), encrypted)
+        if answer is None:
+            return self._text(msg, text_of(self.rt.catalog, "wechat.working", self._lang(openid)), encrypted)
+        payloads, lang, key = answer
+        if not payloads:
+            return _success()
+        return self._text(msg, self._passive_text(payloads, lang, key), encrypted)
+
+    def _passive_text(self, payloads: list[dict[str, Any]], lang: str, key: str) -> str:
+        """One passive message; what does not fit goes out by customer service right after."""
+        hint = text_of(self.rt.catalog, "wechat.choose_hint", lang)
+        numbered = numbered_index(payloads)
+        texts = [payload_text(p, numbered=i == numbered, hint=hint) for i, p in enumerate(payloads)]
+        fit = split_fitting(texts)
+        if fit < len(payloads):
+            rest = [int(p["seq"]) for p in payloads[fit:] if "seq" in p]
+            self._spawn(self._hand_over(key, rest, delay=0.3))
+        return clip(join_texts(texts[:fit]), MAX_TEXT_BYTES, text_of(self.rt.catalog, "wechat.truncated", lang))
+
+    def _text(self, msg: BaseMessage, text: str, encrypted: bool) -> web.Response:
+        reply = TextReply(source=msg.target, target=msg.source, content=cdata_safe(text), time=int(self.clock()))
+        return self._xml(reply.render(), encrypted)
+
+    def _xml(self, xml: str, encrypted: bool) -> web.Response:
+        if encrypted:
+            assert self.codec is not None
+            xml = self.codec.encrypt_reply(xml, timestamp=str(int(self.clock())))
+        return web.Response(text=xml, content_type="application/xml")
+
+    def _lang(self, openid: str) -> str:
+        return self._langs.get(openid, DEFAULT_LANG)
+
+    def _remember_lang(self, openid: str, lang: str) -> None:
+        self._langs[openid] = lang
+        self._langs.move_to_end(openid)
+        while len(self._langs) > 50_000:
+            self._langs.popitem(last=False)
+
+    async def _set_active(self, openid: str, active: bool) -> None:
+        async with self.rt.db.session() as session:
+            await session.exec(update(User).where(col(User.channel) == CHANNEL, col(User.external_id) == openid)
+                               .values(active=active))
+            await session.commit()
+        if active:
+            self.sender.wake_for(openid)
+
+    # --- the 5-second rule -----------------------------------------------------------------------------
+    async def _dispatch(self, openid: str, plan: Plan,
+                        started: float) -> tuple[list[dict[str, Any]], str, str] | None:
+        """The step's payloads if ready in time; None when the result will follow by customer service."""
+        key = plan.dedupe_key
+        delivery = self._deliveries.get(key)
+        if delivery is not None and delivery.task.done():
+            return await self._answer_again(delivery, key)
+        if delivery is None:
+            last = len(plan.events) - 1
+            incomings = [Incoming(CHANNEL, openid, event, dedupe_key=key if i == last else f"{key}:{i}")
+                         for i, event in enumerate(plan.events)]
+            task = asyncio.create_task(self._run_steps(openid, incomings))
+            delivery = _Delivery(task, openid)
+            self._deliveries[key] = delivery
+            task.add_done_callback(functools.partial(self._step_done, key, delivery))
+        remaining = self.passive_seconds - (asyncio.get_running_loop().time() - started)
+        # Counted from now until this request gives up; one that answers stays counted, so the step's
+        # end (even a moment later) knows a passive reply carried the result.
+        delivery.waiting += 1
+        try:
+            if not delivery.task.done() and remaining > 0:
+                await asyncio.wait({delivery.task}, timeout=remaining)
+        except BaseException:
+            delivery.waiting -= 1
+            raise
+        if not delivery.task.done():
+            delivery.waiting -= 1
+            return None
+        payloads, lang = delivery.task.result()
+        return payloads, lang, key
+
+    async def _run_steps(self, openid: str, incomings: list[Incoming]) -> tuple[list[dict[str, Any]], str]:
+        payloads: list[dict[str, Any]] = []
+        for incoming in incomings:
+            payloads = await self.rt.dispatcher.handle(incoming)
+        lang = self._lang_of(payloads) or self._lang(openid)
+        self._remember_lang(openid, lang)
+        return payloads, lang
+
+    def _lang_of(self, payloads: list[dict[str, Any]]) -> str | None:
+        """The language the step answered in, read off its choice labels (catalog texts), which spares a
+        database round trip per message; None when no label tells."""
+        for payload in payloads:
+            for choice in payload.get("choices") or ():
+                label = choice.get("label")
+                in_zh, in_en = label in self._catalog_texts["zh_CN"], label in self._catalog_texts["en"]
+                if in_zh != in_en:
+                    return "zh_CN" if in_zh else "en"
+        return None
+
+    def _step_done(self, key: str, delivery: _Delivery, task: asyncio.Task[Any]) -> None:
+        """Runs the moment the step ends: if no request is waiting for it, its result goes by customer service."""
+        failed = task.cancelled() or task.exception() is not None
+        if delivery.waiting > 0:
+            delivery.outcome = "failed" if failed else "passive"
+            delivery.settled.set()
+            # A retry from now on gets the same answer from the inbox (or, if the step failed, runs it anew).
+            self._forget(key, delivery)
+            return
+        delivery.outcome = "failed" if failed else "deferred"
+        self._spawn(self._defer(key, delivery, failed))
+        # Remembered a while, so WeChat's retries neither repeat nor lose what the sender delivers.
+        asyncio.get_running_loop().call_later(REMEMBER_SECONDS, self._forget, key, delivery)
+
+    def _forget(self, key: str, delivery: _Delivery) -> None:
+        if self._deliveries.get(key) is delivery:
+            del self._deliveries[key]
+
+    async def _defer(self, key: str, delivery: _Delivery, failed: bool) -> None:
+        try:
+            if failed:
+                if not delivery.task.cancelled():
+                    log.error("wechat deferred step failed", exc_info=delivery.task.exception())
+                await self.sender.send_now(delivery.openid,
+                                           text_of(self.rt.catalog, "wechat.error", self._lang(delivery.openid)))
+                return
+            await self._hand_over(key, None)
+            log.info("wechat step finished after the passive reply; result follows by customer service")
+        finally:
+            delivery.settled.set()
+
+    async def _hand_over(self, key: str, seqs: list[int] | None, delay: float = 0.0) -> None:
+        """Turns a step's already-answered rows back to pending, so the sender delivers them."""
+        if delay:
+            await asyncio.sleep(delay)
+        async with self.rt.db.session() as session:
+            inbox_id = (await session.exec(select(InboxItem.id).where(
+                InboxItem.channel == CHANNEL, InboxItem.dedupe_key == key))).first()
+            if inbox_id is None:
+                return
+            query = update(OutboxMessage).where(col(OutboxMessage.inbox_id) == inbox_id,
+                                                col(OutboxMessage.status) == "sent",
+                                                col(OutboxMessage.attempts) == 0)
+            if seqs is not None:
+                query = query.where(col(OutboxMessage.seq).in_(seqs))
+            await session.exec(query.values(status="pending", sent_at=None))
+            await session.commit()
+        self.sender.wake()
+
+    async def _answer_again(self, delivery: _Delivery,
+                            key: str) -> tuple[list[dict[str, Any]], str, str] | None:
+        """A retry after the step ended: repeat a passive answer (WeChat did not get it), or pass on
+        whatever the sender has not delivered yet."""
+        await delivery.settled.wait()
+        if delivery.outcome == "failed":
+            raise RuntimeError("the step failed")
+        payloads, lang = delivery.task.result()
+        if delivery.outcome == "passive":
+            return payloads, lang, key
+        async with self.rt.db.session() as session:
+            inbox_id = (await session.exec(select(InboxItem.id).where(
+                InboxItem.channel == CHANNEL, InboxItem.dedupe_key == key))).first()
+            result = await session.exec(
+                update(OutboxMessage).where(col(OutboxMessage.inbox_id) == inbox_id,
+                                            col(OutboxMessage.status) == "pending")
+                .values(status="sent", sent_at=utcnow()).returning(col(OutboxMessage.seq)))
+            claimed = {int(seq) for seq in result.scalars().all()}
+            await session.commit()
+        return [p for p in payloads if p.get("seq") in claimed], lang, key
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, seconds: float = 5.0) -> None:
+        """On shutdown: let running steps finish (their rows are durable either way), then stop."""
+        pending = [d.task for d in self._deliveries.values() if not d.task.done()] + list(self._tasks)
+        if pending:
+            _done, still = await asyncio.wait(pending, timeout=seconds)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+
+
+def _success() -> web.Response:
+    return web.Response(text="success", content_type="text/plain")
+
+
+WECHAT: web.AppKey[WeChatChannel] = web.AppKey("wechat", WeChatChannel)
+
+
+def setup_wechat(app: web.Application, rt: Runtime) -> None:
+    """Mounts GET/POST /wechat and starts the customer-service sender with the app."""
+    channel = WeChatChannel(rt)
+    app[WECHAT] = channel
+    app.router.add_get(PATH, channel.verify)
+    app.router.add_post(PATH, channel.receive)
+
+    async def start_sender(_app: web.Application) -> None:
+        rt.background.append(asyncio.create_task(channel.sender.run_forever()))
+
+    async def drain(_app: web.Application) -> None:
+        await channel.drain()
+
+    app.on_startup.append(start_sender)
+    app.on_shutdown.append(drain)
+
+
+# --- the custom menu ------------------------------------------------------------------------------------
+def menu_definition(catalog: Catalog, lang: str = DEFAULT_LANG) -> dict[str, Any]:
+    """Three buttons (WeChat's maximum); CLICK keys are the main menu's choice ids or global commands."""
+
+    def click(name: str, key: str) -> dict[str, str]:
+        return {"type": "click", "name": name, "key": key}
+
+    more = [click(text_of(catalog, f"menu.{key}", lang), key) for key in ("recycle", "tag", "requests", "guide")]
+    more.append(click(text_of(catalog, "menu.human", lang), "human"))
+    return {"button": [
+        click(text_of(catalog, "wechat.menu.lookup", lang), "lookup"),
+        click(text_of(catalog, "wechat.menu.unbind", lang), "unbind"),
+        {"name": text_of(catalog, "wechat.menu.more", lang), "sub_button": more},
+    ]}
+
+
+async def create_menu(settings: Settings, catalog: Catalog | None = None) -> dict[str, Any]:
+    """Creates the custom menu through the WeChat API (`python -m bot wechat-menu`)."""
+    if not (settings.wechat_app_id and settings.wechat_app_secret):
+        raise SystemExit("wechat-menu needs WECHAT_APP_ID and WECHAT_APP_SECRET")
+    api = WeChatApi(settings.wechat_api_base_url, settings.wechat_app_id, settings.wechat_app_secret,
+                    MemoryTokenStore(), timeout=settings.wechat_api_timeout)
+    try:
+        return await api.create_menu(menu_definition(catalog or Catalog.load()))
+    finally:
+        await api.close()

@@ -1,0 +1,336 @@
+"""Delivers pending WeChat outbox rows by customer-service message, inside WeChat's windows.
+
+A user message opens 5 messages within 48 h; a menu click, a follow or a QR scan opens 3 within 1 minute.
+Window openings come from the inbox (dedupe keys `m:` for messages, `c:` for clicks/follows/scans), so they
+survive restarts. What cannot go out waits for the user's next message, or goes as a template message when one
+is configured and the row is a push. Rows are claimed (`sending`) before the call, so a passive retry answer
+and this sender never deliver the same row twice.
+It must never send out of a user's seq order, never send to someone who unfollowed, and never log message text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_
+from sqlmodel import col, select, update
+
+from bot.channels.wechat_api import (
+    BAD_RECIPIENT,
+    OUT_OF_WINDOW,
+    UNFOLLOWED,
+    WeChatApi,
+    WeChatApiError,
+    WeChatUnavailable,
+)
+from bot.channels.wechat_text import (
+    MAX_TEXT_BYTES,
+    clip,
+    join_texts,
+    numbered_index,
+    payload_text,
+    split_fitting,
+    text_of,
+)
+from bot.runtime import Runtime
+from bot.storage import InboxItem, OutboxMessage, User, utcnow
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "wechat"
+MESSAGE_WINDOW = (timedelta(hours=48), 5)
+CLICK_WINDOW = (timedelta(minutes=1), 3)
+# A claim older than this belongs to a worker that died mid-send; the row is retried (at least once).
+CLAIM_TTL = timedelta(seconds=60)
+MAX_ATTEMPTS = 8
+PARK_SECONDS = 300.0
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; they were written as UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _claimable(now: datetime) -> Any:
+    """Pending, or claimed by a sender that has not settled it within CLAIM_TTL."""
+    return or_(col(OutboxMessage.status) == "pending",
+               and_(col(OutboxMessage.status) == "sending", col(OutboxMessage.sent_at) < now - CLAIM_TTL))
+
+
+def window_allowance(now: datetime, last_message: datetime | None, last_click: datetime | None,
+                     sends: Sequence[datetime]) -> int:
+    """Customer-service messages still allowed now: the more generous of the open windows."""
+    allowed = 0
+    for opened, (length, limit) in ((last_message, MESSAGE_WINDOW), (last_click, CLICK_WINDOW)):
+        if opened is None or now - opened >= length:
+            continue
+        used = sum(1 for sent in sends if sent >= opened)
+        allowed = max(allowed, limit - used)
+    return max(0, allowed)
+
+
+@dataclass
+class _Unit:
+    """What goes out as one message: one step's rows (its replies), or one push."""
+
+    rows: list[OutboxMessage]
+    text: str
+    push: bool
+
+
+class CustomerServiceSender:
+    def __init__(self, rt: Runtime, api: WeChatApi) -> None:
+        self.rt = rt
+        self.api = api
+        settings = rt.settings
+        self.poll_seconds = settings.wechat_sender_poll_seconds
+        self.template_id = settings.wechat_template_id
+        self.template_field = settings.wechat_template_field
+        self.template_max_chars = settings.wechat_template_max_chars
+        self.template_url = settings.wechat_template_url
+        # Customer-service sends per user, this process only (a restart forgets them; WeChat's 45047 then
+        # closes the window for us). The proposed `wechat_cs_sends` accounting would make it exact.
+        self.sends: dict[int, deque[datetime]] = defaultdict(deque)
+        # WeChat said "out of window" at this time: wait for a newer opening.
+        self.closed_at: dict[int, datetime] = {}
+        self.backoff_until: dict[int, float] = {}
+        # Users whose rows wait for a window (openid -> user id, and since when): skipped by each round until
+        # their next inbound message, or PARK_SECONDS later in case it reached another worker.
+        self.backlog: dict[str, int] = {}
+        self.parked: dict[int, float] = {}
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def wake_for(self, openid: str) -> None:
+        """An inbound message from `openid` may have opened a window for what waits."""
+        user_id = self.backlog.pop(openid, None)
+        if user_id is not None:
+            self.parked.pop(user_id, None)
+            self._wake.set()
+
+    def _park(self, user: User) -> None:
+        assert user.id is not None
+        self.backlog[user.external_id] = user.id
+        self.parked[user.id] = time.monotonic()
+
+    def _is_parked(self, user_id: int) -> bool:
+        since = self.parked.get(user_id)
+        if since is None:
+            return False
+        if time.monotonic() - since < PARK_SECONDS:
+            return True
+        del self.parked[user_id]
+        return False
+
+    async def run_forever(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.flush()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("wechat sender round failed")
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+                    await asyncio.sleep(0.05)  # gather a burst of wake-ups into one round
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+        finally:
+            await self.api.close()
+
+    async def flush(self) -> int:
+        """One round over every user with something to deliver; returns how many messages went out."""
+        async with self._lock:
+            async with self.rt.db.session() as session:
+                user_ids = (await session.exec(
+                    select(OutboxMessage.user_id).where(OutboxMessage.channel == CHANNEL, _claimable(utcnow()))
+                    .distinct().limit(10_000))).all()
+            sent = 0
+            for user_id in user_ids:
+                if self._is_parked(user_id) or self.backoff_until.get(user_id, 0.0) > time.monotonic():
+                    continue
+                async with self.rt.db.session() as session:
+                    rows = list((await session.exec(
+                        select(OutboxMessage).where(OutboxMessage.channel == CHANNEL,
+                                                    OutboxMessage.user_id == user_id, _claimable(utcnow()))
+                        .order_by(col(OutboxMessage.seq)).limit(50))).all())
+                sent += await self._deliver(user_id, rows)
+            return sent
+
+    async def _deliver(self, user_id: int, rows: list[OutboxMessage]) -> int:
+        async with self.rt.db.session() as session:
+            user = await session.get(User, user_id)
+        if user is None or not rows:
+            return 0
+        if not user.active:
+            self._park(user)
+            return 0
+        now = utcnow()
+        last_message, last_click = await self._openings(user_id)
+        closed = self.closed_at.get(user_id)
+        if closed is not None and not any(o is not None and o > closed for o in (last_message, last_click)):
+            allowance = 0
+        else:
+            self.closed_at.pop(user_id, None)
+            sends = self.sends[user_id]
+            while sends and now - sends[0] > MESSAGE_WINDOW[0]:
+                sends.popleft()
+            allowance = window_allowance(now, last_message, last_click, sends)
+        sent = 0
+        for unit in self._units(rows, user.lang):
+            if allowance > 0:
+                outcome = await self._send(user, unit, template=False)
+                if outcome == "sent":
+                    allowance -= 1
+                    sent += 1
+                    self.sends[user_id].append(utcnow())
+                    continue
+                if outcome == "failed":
+                    continue
+                if outcome == "unfollowed":
+                    self._park(user)
+                    return sent
+                if outcome != "closed":
+                    return sent
+                allowance = 0
+            if self.template_id and unit.push:
+                outcome = await self._send(user, unit, template=True)
+                if outcome in ("sent", "failed"):
+                    sent += outcome == "sent"
+                    continue
+                if outcome == "unfollowed":
+                    self._park(user)
+                return sent
+            self._park(user)
+            return sent
+        return sent
+
+    async def _openings(self, user_id: int) -> tuple[datetime | None, datetime | None]:
+        async with self.rt.db.session() as session:
+            result = (await session.exec(
+                select(func.max(col(InboxItem.received_at)).filter(col(InboxItem.dedupe_key).startswith("m:")),
+                       func.max(col(InboxItem.received_at)).filter(col(InboxItem.dedupe_key).startswith("c:")))
+                .where(InboxItem.channel == CHANNEL, InboxItem.user_id == user_id)
+            )).one()
+        return aware(result[0]), aware(result[1])
+
+    def _units(self, rows: list[OutboxMessage], lang: str) -> list[_Unit]:
+        hint = text_of(self.rt.catalog, "wechat.choose_hint", lang)
+        marker = text_of(self.rt.catalog, "wechat.truncated", lang)
+        groups: list[list[OutboxMessage]] = []
+        for row in rows:
+            if groups and row.kind == "reply" and row.inbox_id is not None and groups[-1][-1].inbox_id == row.inbox_id:
+                groups[-1].append(row)
+            else:
+                groups.append([row])
+        units: list[_Unit] = []
+        for group in groups:
+            payloads = [json.loads(row.payload) for row in group]
+            numbered = numbered_index(payloads)
+            texts = [payload_text(p, numbered=i == numbered, hint=hint) for i, p in enumerate(payloads)]
+            while group:
+                fit = split_fitting(texts)
+                units.append(_Unit(group[:fit], clip(join_texts(texts[:fit]), MAX_TEXT_BYTES, marker),
+                                   push=all(r.kind == "push" for r in group[:fit])))
+                group, texts = group[fit:], texts[fit:]
+        return units
+
+    async def _send(self, user: User, unit: _Unit, *, template: bool) -> str:
+        """Claims, sends, and settles one unit: sent | failed (given up) | closed (no window) | unfollowed |
+        retry (later) | lost (claimed elsewhere)."""
+        assert user.id is not None
+        ids = [row.id for row in unit.rows if row.id is not None]
+        if not await self._claim(ids):
+            return "lost"
+        try:
+            if template:
+                text = unit.text if len(unit.text) <= self.template_max_chars else \
+                    unit.text[: max(0, self.template_max_chars - 1)] + "…"
+                await self.api.send_template(user.external_id, self.template_id,
+                                             {self.template_field: {"value": text}}, self.template_url)
+            else:
+                await self.api.send_text(user.external_id, unit.text)
+        except WeChatApiError as exc:
+            if exc.errcode in OUT_OF_WINDOW and not template:
+                await self._settle(ids, "pending", attempt=False)
+                self.closed_at[user.id] = utcnow()
+                log.info("wechat window closed", extra={"user_id": user.id, "errcode": exc.errcode})
+                return "closed"
+            if exc.errcode == UNFOLLOWED:
+                # We missed the unsubscribe event: the rows wait for a re-follow, like those of any unfollower.
+                await self._settle(ids, "pending", attempt=False)
+                await self._mark_inactive(user.id)
+                log.info("wechat recipient unfollowed", extra={"user_id": user.id})
+                return "unfollowed"
+            if exc.errcode in BAD_RECIPIENT:
+                await self._settle(ids, "failed", attempt=True)
+                log.warning("wechat recipient unknown", extra={"user_id": user.id, "errcode": exc.errcode})
+                return "failed"
+            return await self._retry_later(user.id, unit, ids, f"errcode {exc.errcode}")
+        except WeChatUnavailable as exc:
+            return await self._retry_later(user.id, unit, ids, str(exc))
+        except asyncio.CancelledError:
+            await asyncio.shield(self._settle(ids, "pending", attempt=False))
+            raise
+        await self._settle(ids, "sent", attempt=True)
+        log.info("wechat message sent", extra={"user_id": user.id, "rows": len(ids),
+                                               "via": "template" if template else "customer_service"})
+        return "sent"
+
+    async def _retry_later(self, user_id: int, unit: _Unit, ids: list[int], why: str) -> str:
+        attempts = max(row.attempts for row in unit.rows) + 1
+        give_up = attempts >= MAX_ATTEMPTS
+        await self._settle(ids, "failed" if give_up else "pending", attempt=True)
+        self.backoff_until[user_id] = time.monotonic() + min(300.0, 2.0 ** attempts)
+        log.warning("wechat send failed", extra={"user_id": user_id, "reason": why, "attempts": attempts,
+                                                 "gave_up": give_up})
+        return "failed" if give_up else "retry"
+
+    async def _mark_inactive(self, user_id: int) -> None:
+        async with self.rt.db.session() as session:
+            await session.exec(update(User).where(col(User.id) == user_id).values(active=False))
+            await session.commit()
+
+    async def _claim(self, ids: list[int]) -> bool:
+        now = utcnow()
+        async with self.rt.db.session() as session:
+            result = await session.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(ids), _claimable(now))
+                                        .values(status="sending", sent_at=now))
+            if result.rowcount != len(ids):
+                await session.rollback()
+                return False
+            await session.commit()
+        return True
+
+    async def _settle(self, ids: list[int], status: str, *, attempt: bool) -> None:
+        values: dict[str, Any] = {"status": status, "sent_at": utcnow() if status == "sent" else None}
+        if attempt:
+            values["attempts"] = col(OutboxMessage.attempts) + 1
+        async with self.rt.db.session() as session:
+            await session.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(ids)).values(**values))
+            await session.commit()
+
+    async def send_now(self, openid: str, text: str) -> bool:
+        """A message outside the outbox (the apology when a deferred step failed): sent if a window is open."""
+        try:
+            await self.api.send_text(openid, text)
+        except (WeChatApiError, WeChatUnavailable) as exc:
+            log.warning("wechat direct send failed", extra={"reason": type(exc).__name__})
+            return False
+        return True
+
