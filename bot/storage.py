@@ -226,6 +226,18 @@ class PlanItem(SQLModel, table=True):
     snoozed_until: datetime | None = None
 
 
+class WeChatAccessToken(SQLModel, table=True):
+    """The official account's access token, shared by every worker; refreshed by one lease holder at a time."""
+
+    __tablename__ = "wechat_access_tokens"
+    app_id: str = Field(primary_key=True, max_length=64)
+    token_enc: str | None = Field(default=None, max_length=1024)  # a credential: sealed like a phone number
+    token_hash: str | None = Field(default=None, max_length=64)
+    expires_at: float = 0.0  # epoch seconds
+    lease_until: float | None = None
+    lease_owner: str | None = Field(default=None, max_length=64)
+
+
 class Database:
     """The engine plus a session factory; SQLite gets WAL, a busy timeout and a single writer."""
 

@@ -26,15 +26,22 @@ async def test_sqlite_migrates_to_the_models(tmp_path: Path) -> None:
     assert await _drift(db) == []
     async with db.engine.connect() as conn:
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
-    assert version == "0001"
+    assert version == "0002"
     await db.close()
 
 
 async def test_a_database_made_before_migrations_is_adopted(tmp_path: Path) -> None:
+    from alembic import command
+
+    from bot.storage import alembic_config
+
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite3'}")
     async with db.engine.begin() as conn:
-        await conn.run_sync(SQLModel.metadata.create_all)
+        # The baseline schema as create_all made it before migrations existed: no alembic_version table.
+        await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), "0001"))
+        await conn.execute(text("DROP TABLE alembic_version"))
     await db.create_all()
+    assert await _drift(db) == []
     async with db.engine.connect() as conn:
         tables = await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
     assert "alembic_version" in tables

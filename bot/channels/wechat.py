@@ -29,7 +29,7 @@ from wechatpy.events import ClickEvent, ScanEvent, SubscribeEvent, SubscribeScan
 from wechatpy.messages import BaseMessage, TextMessage
 from wechatpy.replies import TextReply, TransferCustomerServiceReply
 
-from bot.channels.wechat_api import MemoryTokenStore, WeChatApi
+from bot.channels.wechat_api import WeChatApi
 from bot.channels.wechat_crypto import (
     BadCiphertext,
     BadXml,
@@ -53,11 +53,13 @@ from bot.channels.wechat_text import (
     split_fitting,
     text_of,
 )
+from bot.channels.wechat_token_store import DbTokenStore
 from bot.config import Settings
 from bot.dispatch import Incoming
 from bot.i18n import Catalog
 from bot.runtime import Runtime
-from bot.storage import Conversation, InboxItem, OutboxMessage, User, utcnow
+from bot.storage import Conversation, Database, InboxItem, OutboxMessage, User, utcnow
+from bot.vault import Vault
 from dialogs.commands import parse_command
 from dialogs.menu import MENU_ITEMS
 from dialogs.model import DEFAULT_LANG, Event
@@ -123,7 +125,8 @@ class WeChatChannel:
         self.clock = clock
         self.nonces = NonceCache()
         self.api = WeChatApi(settings.wechat_api_base_url, settings.wechat_app_id, settings.wechat_app_secret,
-                             MemoryTokenStore(), timeout=settings.wechat_api_timeout)
+                             DbTokenStore(rt.db, rt.vault, settings.wechat_app_id),
+                             timeout=settings.wechat_api_timeout)
         self.sender = CustomerServiceSender(rt, self.api)
         self._deliveries: dict[str, _Delivery] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -523,9 +526,14 @@ async def create_menu(settings: Settings, catalog: Catalog | None = None) -> dic
     """Creates the custom menu through the WeChat API (`python -m bot wechat-menu`)."""
     if not (settings.wechat_app_id and settings.wechat_app_secret):
         raise SystemExit("wechat-menu needs WECHAT_APP_ID and WECHAT_APP_SECRET")
+    # The server's token store, so this command neither fetches a second token nor invalidates the server's.
+    db = Database(settings.resolved_database_url())
+    await db.create_all()
     api = WeChatApi(settings.wechat_api_base_url, settings.wechat_app_id, settings.wechat_app_secret,
-                    MemoryTokenStore(), timeout=settings.wechat_api_timeout)
+                    DbTokenStore(db, Vault(settings.resolved_secret()), settings.wechat_app_id),
+                    timeout=settings.wechat_api_timeout)
     try:
         return await api.create_menu(menu_definition(catalog or Catalog.load()))
     finally:
+        await db.close()
         await api.close()
