@@ -69,6 +69,10 @@ def create_app(settings: Settings) -> web.Application:
     chat.routes(app)
     ops.routes(app, sandbox_sms_enabled=rt.sandbox_sms is not None)
     registry_callback.routes(app)
+    if settings.telegram_bot_token:
+        from bot.channels.telegram import setup_telegram
+
+        setup_telegram(app, rt)
     if settings.wechat_token:
         from bot.channels.wechat import setup_wechat
 

@@ -1,0 +1,516 @@
+"""Telegram webhook bench: updates/s and p50/p99 latency at fixed offered loads (open loop), plus a closed-loop
+peak, for our adapter and, in the same run against the same fake Bot API, three peers:
+
+  ours     bot.channels.telegram: webhook -> inbox -> dialog step on SQLite -> sendMessage, before the 200
+  ptb      python-telegram-bot the default way: Application + ConversationHandler + default HTTPXRequest,
+           updates fed with `await application.process_update(...)` from a plain aiohttp webhook
+  aiogram  aiogram 3: Dispatcher with MemoryStorage FSM, SimpleEventIsolation, its AiohttpSession,
+           updates fed with `await dp.feed_update(...)` (installed into a throwaway venv, never into .venv)
+  raw      a bare aiohttp webhook that calls sendMessage with aiohttp: the harness's own ceiling
+
+The flow is two steps per user: `/menu` (reply: a menu with an inline keyboard), then one second later a tap
+on "settings" (answerCallbackQuery + reply: the settings menu). Every update gets exactly one sendMessage.
+Ours answers the tap's callback query in its webhook response (Telegram runs that method; the load generator
+does it here, as Telegram would); the peers call answerCallbackQuery themselves, their frameworks' default.
+Latency is from an update's scheduled send time to its reply reaching the fake Bot API (the same monotonic
+clock: the fake runs in its own process on this machine), so it counts queueing in the bot, not just HTTP.
+Each server runs in its own process; the load generator and the fake run in two more. First, the send path
+alone: calls/s of PTB's Bot.send_message over our aiohttp transport and over PTB's default httpx one.
+
+Usage: .venv/bin/python bench/telegram_webhook.py [--rates 250,500,1000,2000] [--seconds 5]
+       [--peers ours,ptb,aiogram,raw] [--aiogram-venv /tmp/haoqing-bench-aiogram]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "123:ABC"
+SECRET = "bench-secret"
+CLICK_DELAY = 1.0
+MAX_CONNECTIONS = 40
+MENU = [("lookup", "Look up bindings"), ("unbind", "Unbind"), ("settings", "Settings"), ("menu", "Back")]
+SETTINGS = [("language", "Change language"), ("reminders", "Turn reminders off"), ("menu", "Back to menu")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---- updates, as Telegram sends them ---------------------------------------------------------------
+
+def menu_update(update_id: int, chat_id: int) -> bytes:
+    return json.dumps({"update_id": update_id, "message": {
+        "message_id": update_id, "date": int(time.time()), "text": "/menu",
+        "entities": [{"type": "bot_command", "offset": 0, "length": 5}],
+        "chat": {"id": chat_id, "type": "private", "first_name": "B"},
+        "from": {"id": chat_id, "is_bot": False, "first_name": "B", "language_code": "en"}}}).encode()
+
+
+def click_update(update_id: int, chat_id: int) -> bytes:
+    keyboard = [[{"text": label, "callback_data": cid}] for cid, label in MENU]
+    return json.dumps({"update_id": update_id, "callback_query": {
+        "id": f"q{update_id}", "chat_instance": "c", "data": "settings",
+        "from": {"id": chat_id, "is_bot": False, "first_name": "B", "language_code": "en"},
+        "message": {"message_id": 1, "date": int(time.time()), "text": "menu",
+                    "chat": {"id": chat_id, "type": "private", "first_name": "B"},
+                    "from": {"id": 123, "is_bot": True, "first_name": "Haoqing"},
+                    "reply_markup": {"inline_keyboard": keyboard}}}}).encode()
+
+
+# ---- the servers under test (run with --serve in their own process) --------------------------------
+
+async def serve_ours(port: int, api: str) -> web.AppRunner:
+    sys.path.insert(0, str(ROOT))
+    from bot.channels.telegram import setup_telegram
+    from bot.config import Settings
+    from bot.server import SANDBOX_REGISTRY_PATH, create_app
+    from bot.structured_logs import configure
+    from bot.web.chat import RUNTIME
+    from integrations.registry import RegistryClient
+
+    data_dir = Path(tempfile.mkdtemp(prefix="tg-bench-"))
+    settings = Settings(_env_file=None, host="127.0.0.1", port=port, data_dir=data_dir,  # type: ignore[call-arg]
+                        secret_key="bench", telegram_bot_token=TOKEN, telegram_api_base_url=api,
+                        telegram_webhook_url="https://bench.invalid/telegram/webhook",
+                        telegram_webhook_secret=SECRET, log_level="WARNING")
+    configure("WARNING")
+    app = create_app(settings)
+    rt = app[RUNTIME]
+    channel = setup_telegram(app, rt)  # a no-op once bot/server.py mounts the channel itself
+    assert channel is not None
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await rt.registry.close()
+    rt.registry = RegistryClient(f"http://127.0.0.1:{port}{SANDBOX_REGISTRY_PATH}", timeout=5)
+    await asyncio.wait_for(channel.ready.wait(), 30)
+    return runner
+
+
+def _ready_app(handler: Any) -> web.Application:
+    app = web.Application()
+    app.router.add_post("/telegram/webhook", handler)
+    app.router.add_get("/readyz", _ok)
+    return app
+
+
+async def _ok(_request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def serve_ptb(port: int, api: str) -> web.AppRunner:
+    import warnings
+
+    from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+    from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, ConversationHandler
+
+    warnings.filterwarnings("ignore")
+    menu_kb = InlineKeyboardMarkup([[InlineKeyboardButton(label, callback_data=cid)] for cid, label in MENU])
+    settings_kb = InlineKeyboardMarkup([[InlineKeyboardButton(label, callback_data=cid)] for cid, label in SETTINGS])
+    in_menu, in_settings = range(2)
+
+    async def menu(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
+        assert update.message is not None
+        await update.message.reply_text("What would you like to do?", reply_markup=menu_kb)
+        return in_menu
+
+    async def settings(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
+        query = update.callback_query
+        assert query is not None and query.message is not None
+        await query.answer()
+        await query.message.reply_text("Settings\nLanguage: English\nReminders: on",  # type: ignore[union-attr]
+                                       reply_markup=settings_kb)
+        return in_settings
+
+    conversation = ConversationHandler(
+        entry_points=[CommandHandler("menu", menu)],
+        states={in_menu: [CallbackQueryHandler(settings, pattern="^settings$")],
+                in_settings: [CommandHandler("menu", menu)]},
+        fallbacks=[CommandHandler("menu", menu)])
+    application = Application.builder().token(TOKEN).base_url(api).updater(None).build()
+    application.add_handler(conversation)
+    await application.initialize()
+    await application.start()
+
+    async def webhook(request: web.Request) -> web.Response:
+        await application.process_update(Update.de_json(await request.json(), application.bot))
+        return web.Response()
+
+    runner = web.AppRunner(_ready_app(webhook), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def serve_aiogram(port: int, api: str) -> web.AppRunner:
+    from aiogram import Bot, Dispatcher, F, Router
+    from aiogram.client.session.aiohttp import AiohttpSession
+    from aiogram.client.telegram import TelegramAPIServer
+    from aiogram.filters import Command
+    from aiogram.fsm.context import FSMContext
+    from aiogram.fsm.state import State, StatesGroup
+    from aiogram.fsm.storage.memory import MemoryStorage, SimpleEventIsolation
+    from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+
+    class Flow(StatesGroup):
+        menu = State()
+        settings = State()
+
+    menu_kb = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text=label, callback_data=cid)]
+                                                    for cid, label in MENU])
+    settings_kb = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text=label, callback_data=cid)]
+                                                        for cid, label in SETTINGS])
+    router = Router()
+
+    @router.message(Command("menu"))
+    async def menu(message: Message, state: FSMContext) -> None:
+        await state.set_state(Flow.menu)
+        await message.answer("What would you like to do?", reply_markup=menu_kb)
+
+    @router.callback_query(Flow.menu, F.data == "settings")
+    async def settings(query: CallbackQuery, state: FSMContext) -> None:
+        await query.answer()
+        await state.set_state(Flow.settings)
+        assert query.message is not None
+        await query.message.answer("Settings\nLanguage: English\nReminders: on", reply_markup=settings_kb)
+
+    dispatcher = Dispatcher(storage=MemoryStorage(), events_isolation=SimpleEventIsolation())
+    dispatcher.include_router(router)
+    bot = Bot(TOKEN, session=AiohttpSession(api=TelegramAPIServer.from_base(api.removesuffix("/bot"))))
+
+    async def webhook(request: web.Request) -> web.Response:
+        update = Update.model_validate(await request.json(), context={"bot": bot})
+        await dispatcher.feed_update(bot, update)
+        return web.Response()
+
+    runner = web.AppRunner(_ready_app(webhook), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def serve_raw(port: int, api: str) -> web.AppRunner:
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+
+    async def close(_app: web.Application) -> None:
+        await session.close()
+
+    base = f"{api}{TOKEN}"
+    menu_kb = {"inline_keyboard": [[{"text": label, "callback_data": cid}] for cid, label in MENU]}
+
+    async def webhook(request: web.Request) -> web.Response:
+        update = await request.json()
+        if "callback_query" in update:
+            query = update["callback_query"]
+            async with session.post(f"{base}/answerCallbackQuery", json={"callback_query_id": query["id"]}) as r:
+                await r.read()
+            chat_id = query["message"]["chat"]["id"]
+        else:
+            chat_id = update["message"]["chat"]["id"]
+        async with session.post(f"{base}/sendMessage", json={"chat_id": chat_id, "text": "menu",
+                                                               "reply_markup": menu_kb}) as r:
+            await r.read()
+        return web.Response()
+
+    app = _ready_app(webhook)
+    app.on_cleanup.append(close)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+SERVERS = {"ours": serve_ours, "ptb": serve_ptb, "aiogram": serve_aiogram, "raw": serve_raw}
+
+
+async def serve(peer: str, port: int, api: str) -> None:
+    runner = await SERVERS[peer](port, api)
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+# ---- the load generator -----------------------------------------------------------------------------
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+class Run:
+    """One offered load against one server: schedules updates, collects replies from the fake's timeline."""
+
+    def __init__(self, http: aiohttp.ClientSession, telegram: aiohttp.ClientSession, url: str, fake: str,
+                 first_chat: int) -> None:
+        self.http = http
+        # Plays Telegram: at most max_connections (40, the default and what ours registers) webhook calls at
+        # once per bot; further updates wait on Telegram's side, and that wait counts in their latency.
+        self.telegram = telegram
+        self.url = url
+        self.fake = fake
+        self.first_chat = first_chat
+        self.errors = 0
+        self.sent_before = 0
+        self.update_id = first_chat * 10
+
+    async def post(self, body: bytes) -> None:
+        try:
+            async with self.telegram.post(self.url, data=body, headers={
+                    "Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": SECRET}) as r:
+                answer = await r.read()
+                if r.status != 200:
+                    self.errors += 1
+                    return
+            if answer:
+                # As Telegram does: a method in the webhook response is run against the Bot API.
+                method = json.loads(answer)
+                async with self.http.post(f"{self.fake}/bot{TOKEN}/{method.pop('method')}", json=method) as r:
+                    await r.read()
+        except aiohttp.ClientError:
+            self.errors += 1
+
+    async def open_loop(self, rate: float, seconds: float) -> dict[str, float]:
+        """`rate` updates/s for `seconds`: half are /menu from new users, half their tap one second later."""
+        users = max(1, int(rate * seconds / 2))
+        await self._timeline()  # drop what earlier runs left
+        schedule: list[tuple[float, int, bytes]] = []
+        for u in range(users):
+            chat = self.first_chat + u
+            at = u / (rate / 2)
+            self.update_id += 2
+            schedule.append((at, chat, menu_update(self.update_id, chat)))
+            schedule.append((at + CLICK_DELAY, chat, click_update(self.update_id + 1, chat)))
+        schedule.sort(key=lambda item: item[0])
+        expected: dict[int, list[float]] = defaultdict(list)
+        tasks = []
+        start = time.monotonic()
+        for offset, chat, body in schedule:
+            when = start + offset
+            delay = when - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            expected[chat].append(when)
+            tasks.append(asyncio.create_task(self.post(body)))
+        await asyncio.gather(*tasks)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            async with self.http.get(f"{self.fake}/__count") as r:
+                sent = (await r.json())["sent"]
+            if sent >= self.sent_before + len(schedule):
+                break
+            await asyncio.sleep(0.1)
+        timeline = await self._timeline()
+        replies: dict[int, list[float]] = defaultdict(list)
+        for method, chat, at in timeline:
+            if method == "sendMessage" and chat in expected:
+                replies[chat].append(at)
+        latencies: list[float] = []
+        # Offered load is exactly `rate` between the first tap and the last new user; replies landing in that
+        # window measure what the server keeps up with (its capacity, once it falls behind).
+        window = (start + CLICK_DELAY, start + seconds)
+        in_window = 0
+        for chat, sent_at in expected.items():
+            for when, got in zip(sent_at, replies.get(chat, []), strict=False):
+                latencies.append(got - when)
+                in_window += window[0] <= got < window[1]
+        lost = len(schedule) - len(latencies)
+        self.first_chat += users
+        return {"offered": rate, "achieved": in_window / max(window[1] - window[0], 1e-9),
+                "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99), "errors": self.errors + lost}
+
+    async def _timeline(self) -> list[tuple[str, int, float]]:
+        async with self.http.get(f"{self.fake}/__timeline") as r:
+            entries = [tuple(e) for e in await r.json()]
+        async with self.http.get(f"{self.fake}/__count") as r:
+            self.sent_before = (await r.json())["sent"]
+        return entries  # type: ignore[return-value]
+
+    async def closed_loop(self, workers: int, seconds: float) -> float:
+        """Peak: `workers` users doing the flow back to back; every server here replies before its 200."""
+        done = 0
+        stop_at = time.monotonic() + seconds
+        chats = iter(range(self.first_chat, self.first_chat + 10**6))
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < stop_at:
+                chat = next(chats)
+                self.update_id += 2
+                await self.post(menu_update(self.update_id, chat))
+                await self.post(click_update(self.update_id + 1, chat))
+                done += 2
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        elapsed = time.monotonic() - started
+        self.first_chat += 10**6
+        await self._timeline()
+        return done / elapsed
+
+
+async def transport_calls_per_second(api: str, seconds: float) -> dict[str, float]:
+    """PTB's Bot.send_message through each transport, 64 calls in flight: the send path's HTTP cost alone."""
+    sys.path.insert(0, str(ROOT))
+    from telegram import Bot
+    from telegram.request import HTTPXRequest
+
+    from bot.channels.telegram_request import AiohttpRequest
+
+    rates: dict[str, float] = {}
+    for name, make in (("aiohttp (ours)", lambda: AiohttpRequest(connection_pool_size=64)),
+                       ("httpx (PTB default)", lambda: HTTPXRequest(connection_pool_size=64))):
+        bot = Bot(TOKEN, base_url=api, request=make(), get_updates_request=make())
+        await bot.initialize()
+        done = 0
+        stop_at = time.monotonic() + seconds
+
+        async def worker(bot: Bot = bot, stop_at: float = stop_at) -> None:
+            nonlocal done
+            while time.monotonic() < stop_at:
+                await bot.send_message(1, "transport bench")
+                done += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(64)))
+        rates[name] = done / (time.monotonic() - started)
+        await bot.shutdown()
+    return rates
+
+
+def aiogram_python(venv: Path) -> str:
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    probe = subprocess.run([str(python), "-c", "import aiogram"], capture_output=True)
+    if probe.returncode != 0:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "aiogram>=3.13,<4"], check=True)
+    return str(python)
+
+
+async def wait_ready(http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process) -> None:
+    for _ in range(600):
+        if proc.returncode is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            async with http.get(url) as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+async def bench(args: argparse.Namespace) -> None:
+    rates = [int(r) for r in args.rates.split(",")]
+    peers = args.peers.split(",")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING"}
+    fake_port = free_port()
+    fake_proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakes.fake_bot_api", "--port", str(fake_port), "--timeline", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL)
+    fake = f"http://127.0.0.1:{fake_port}"
+    api = f"{fake}/bot"
+    results: dict[str, tuple[list[dict[str, float]], float]] = {}
+    connector = aiohttp.TCPConnector(limit=200)
+    telegram_connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http, \
+                aiohttp.ClientSession(connector=telegram_connector, timeout=timeout) as telegram:
+            await wait_ready(http, f"{fake}/bot{TOKEN}/getMe", fake_proc)
+            print(f"# telegram webhook bench: offered loads {rates}/s for {args.seconds:.0f}s each, two-step flow, "
+                  f"closed loop {args.workers} users for {args.seconds:.0f}s; {os.cpu_count()} cores")
+            if not args.skip_transport:
+                transports = await transport_calls_per_second(api, min(args.seconds, 3.0))
+                print("send transport, PTB Bot.send_message, 64 in flight: " + ", ".join(
+                    f"{name} {rate:.0f} calls/s" for name, rate in transports.items()), flush=True)
+            for n, peer in enumerate(peers):
+                python = aiogram_python(Path(args.aiogram_venv)) if peer == "aiogram" else sys.executable
+                port = free_port()
+                proc = await asyncio.create_subprocess_exec(
+                    python, str(Path(__file__).resolve()), "--serve", peer, "--port", str(port), "--api", api,
+                    cwd=ROOT if peer != "aiogram" else tempfile.gettempdir(), env=env,
+                    stdout=asyncio.subprocess.DEVNULL)
+                base = f"http://127.0.0.1:{port}"
+                try:
+                    await wait_ready(http, base + "/readyz", proc)
+                    run = Run(http, telegram, base + "/telegram/webhook", fake, first_chat=(n + 1) * 10**8)
+                    await run.open_loop(min(rates), 3.0)  # warm-up
+                    # The peak first: an overloaded open-loop point leaves a backlog behind in some servers.
+                    peak = await run.closed_loop(args.workers, args.seconds)
+                    print(f"{peer:<8} closed loop peak {peak:>7.0f} updates/s", flush=True)
+                    points = []
+                    for rate in rates:
+                        point = await run.open_loop(rate, args.seconds)
+                        points.append(point)
+                        print(f"{peer:<8} offered {rate:>5}/s  achieved {point['achieved']:>7.0f}/s  "
+                              f"p50 {point['p50']:>8.1f} ms  p99 {point['p99']:>8.1f} ms  "
+                              f"errors {point['errors']:.0f}", flush=True)
+                    results[peer] = (points, peak)
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        await asyncio.wait_for(proc.wait(), 20)
+                    except TimeoutError:
+                        proc.kill()
+    finally:
+        fake_proc.send_signal(signal.SIGTERM)
+        await fake_proc.wait()
+    print()
+    print(f"{'peer':<9}{'peak/s':>8}" + "".join(f"{f'p99@{r}':>11}" for r in rates))
+    for peer, (points, peak) in results.items():
+        print(f"{peer:<9}{peak:>8.0f}" + "".join(f"{p['p99']:>9.1f}ms" for p in points))
+    if "ours" in results:
+        ours = results["ours"][1]
+        for peer in ("ptb", "aiogram", "raw"):
+            if peer in results:
+                print(f"ours / {peer}: {ours / results[peer][1]:.2f}x peak throughput")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", default="250,500,1000,2000")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per offered load; at least 3")
+    parser.add_argument("--workers", type=int, default=MAX_CONNECTIONS)
+    parser.add_argument("--peers", default="ours,ptb,aiogram,raw")
+    parser.add_argument("--aiogram-venv", default=str(Path(tempfile.gettempdir()) / "haoqing-bench-aiogram"))
+    parser.add_argument("--skip-transport", action="store_true", help="skip the aiohttp-vs-httpx send measure")
+    parser.add_argument("--serve", choices=sorted(SERVERS), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--api", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.seconds = max(args.seconds, 3.0)
+    if args.serve:
+        asyncio.run(serve(args.serve, args.port, args.api))
+    else:
+        asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()

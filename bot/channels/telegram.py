@@ -1,0 +1,709 @@
+"""The Telegram channel: webhook or long polling in, dialog steps through the Dispatcher, replies out.
+
+Job: turn every Telegram update into at most one dialog step (deduped by update_id in the inbox), render the
+replies (inline keyboards, a contact button, edits in place), deliver them and pending outbox rows within
+Telegram's limits, and keep `users.active` in step with blocks.
+
+It must never: run a dialog step for a group, channel or edited message; echo anything a user typed into a
+group; trust a shared contact that is not the sender's own; answer a webhook 2xx for a dialog update before
+it is in the inbox (a forged secret gets 403 before anything runs); or log message text, names, phone or ID
+numbers, or the bot token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+from sqlmodel import col, select, update
+from telegram import (
+    CallbackQuery,
+    ChatMemberUpdated,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    Update,
+)
+from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.request import BaseRequest
+
+from bot.channels.telegram_render import Outgoing, bot_commands, offered_ids, render_batch, resolve_choice, say
+from bot.channels.telegram_request import AiohttpRequest
+from bot.channels.telegram_send import CHANNEL, LeanBot, Limits, OutboxPump, Sender, Undeliverable, retry_after
+from bot.dispatch import Incoming, pick_lang
+from bot.runtime import Runtime
+from bot.step_store import ConflictError
+from bot.storage import Conversation, User
+from dialogs.model import Event
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
+MAX_UPDATE_BYTES = 1024 * 1024
+ALLOWED_UPDATES = ("message", "edited_message", "callback_query", "my_chat_member")
+DEFAULT_API_BASE = "https://api.telegram.org/bot"
+GROUP_NOTICE_EVERY = 60.0
+POLL_TIMEOUT = 25
+# A webhook update that keeps failing is answered 200 after this many tries, so it cannot wedge the queue.
+MAX_UPDATE_FAILURES = 3
+
+_MEDIA_FIELDS: tuple[tuple[str, str], ...] = (
+    ("photo", "photo"), ("live_photo", "photo"), ("sticker", "sticker"), ("voice", "voice"), ("audio", "voice"),
+    ("animation", "video"), ("video", "video"), ("video_note", "video"), ("document", "document"),
+    ("location", "location"), ("venue", "location"),
+)
+# Things a person sends that are neither text nor media we name; service messages are not among them.
+_OTHER_CONTENT = ("poll", "dice", "game", "story", "invoice", "paid_media", "checklist", "giveaway",
+                  "users_shared", "chat_shared", "web_app_data", "passport_data")
+
+
+def base_url(configured: str) -> str:
+    """PTB wants the URL that the token is appended to: `http://host:port/bot`."""
+    value = (configured or DEFAULT_API_BASE).rstrip("/")
+    if "{token}" in value or value.endswith("/bot"):
+        return value
+    return value + "/bot"
+
+
+def webhook_secret(rt: Runtime) -> str:
+    if rt.settings.telegram_webhook_secret:
+        return rt.settings.telegram_webhook_secret
+    # Telegram allows [A-Za-z0-9_-]{1,256}; derived so a restart keeps the registered secret valid.
+    return hashlib.sha256(b"telegram-webhook:" + rt.settings.resolved_secret()).hexdigest()
+
+
+class ChatTurns:
+    """One update per chat at a time, lowest update_id first among those waiting.
+
+    Telegram may deliver webhook updates over parallel connections; ordering by update_id keeps a user's
+    messages in the order they were sent whatever order they arrive in.
+    """
+
+    def __init__(self) -> None:
+        self._busy: set[int] = set()
+        self._waiting: dict[int, list[tuple[int, int, asyncio.Future[None]]]] = {}
+        self._counter = 0
+
+    @asynccontextmanager
+    async def turn(self, chat_id: int, order: int) -> AsyncIterator[None]:
+        if chat_id in self._busy:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._counter += 1
+            heapq.heappush(self._waiting.setdefault(chat_id, []), (order, self._counter, future))
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    self._release(chat_id)  # the turn was handed to us as we were cancelled
+                raise
+        else:
+            self._busy.add(chat_id)
+        try:
+            yield
+        finally:
+            self._release(chat_id)
+
+    def _release(self, chat_id: int) -> None:
+        queue = self._waiting.get(chat_id)
+        while queue:
+            _order, _n, future = heapq.heappop(queue)
+            if not future.done():
+                future.set_result(None)
+                return
+        self._waiting.pop(chat_id, None)
+        self._busy.discard(chat_id)
+
+    def __len__(self) -> int:
+        return len(self._busy)
+
+    def waiting(self, chat_id: int) -> int:
+        return sum(1 for *_, future in self._waiting.get(chat_id, ()) if not future.done())
+
+
+Route = Literal["dispatch", "ignore", "group", "edited", "member", "callback_elsewhere"]
+
+
+@dataclass
+class Plan:
+    """What one update asks of us, worked out before any I/O."""
+
+    route: Route
+    chat_id: int = 0
+    event: Event | None = None
+    lang_hint: str | None = None
+    callback: CallbackQuery | None = None
+    member: ChatMemberUpdated | None = None
+    kind: str = ""
+
+
+def _media_kind(message: Message) -> str | None:
+    for attr, kind in _MEDIA_FIELDS:
+        if getattr(message, attr, None):
+            return kind
+    if any(getattr(message, attr, None) for attr in _OTHER_CONTENT):
+        return "other"
+    return None
+
+
+def plan(update: Update) -> Plan:
+    if update.callback_query is not None:
+        cq = update.callback_query
+        lang = cq.from_user.language_code
+        chat = cq.message.chat if cq.message is not None else None
+        if chat is not None and chat.type != "private":
+            return Plan("callback_elsewhere", chat.id, callback=cq, lang_hint=lang, kind="callback")
+        if chat is None and cq.inline_message_id:
+            return Plan("callback_elsewhere", cq.from_user.id, callback=cq, lang_hint=lang, kind="callback")
+        return Plan("dispatch", chat.id if chat else cq.from_user.id, callback=cq, lang_hint=lang, kind="callback")
+    if update.my_chat_member is not None:
+        member = update.my_chat_member
+        return Plan("member", member.chat.id, member=member, lang_hint=member.from_user.language_code,
+                    kind="my_chat_member")
+    if update.edited_message is not None:
+        edited = update.edited_message
+        if edited.chat.type == "private":
+            lang = edited.from_user.language_code if edited.from_user else None
+            return Plan("edited", edited.chat.id, lang_hint=lang, kind="edited")
+        return Plan("ignore", kind="edited_group")
+    message = update.message
+    if message is None:
+        # channel posts, reactions, inline queries, business messages...: nothing for us to say.
+        return Plan("ignore", kind="other_update")
+    lang = message.from_user.language_code if message.from_user else None
+    if message.chat.type != "private":
+        return Plan("group", message.chat.id, lang_hint=lang, kind="group")
+    if message.text is not None:
+        event = Event("text", text=message.text)
+        kind = "text"
+    elif message.contact is not None:
+        sender = message.from_user
+        own = sender is not None and message.contact.user_id is not None and message.contact.user_id == sender.id
+        event = Event("contact", contact_phone=message.contact.phone_number, contact_own=own)
+        kind = "contact"
+    else:
+        media = _media_kind(message)
+        if media is None:
+            return Plan("ignore", kind="service")
+        event = Event("media", media=media)
+        kind = "media"
+    return Plan("dispatch", message.chat.id, event=event, lang_hint=lang, kind=kind)
+
+
+def _addressed_to_bot(message: Message, username: str | None, bot_id: int | None) -> bool:
+    """Group messages we answer: commands, mentions and replies to us; the rest is other people's talk."""
+    text = message.text or message.caption or ""
+    if text.startswith("/"):
+        return True
+    if username and f"@{username}".lower() in text.lower():
+        return True
+    replied = message.reply_to_message
+    return bool(replied and replied.from_user and bot_id and replied.from_user.id == bot_id)
+
+
+@dataclass
+class TelegramChannel:
+    rt: Runtime
+    bot: LeanBot
+    mode: Literal["webhook", "polling"]
+    secret: str
+    limits: Limits = field(default_factory=Limits)
+    turns: ChatTurns = field(default_factory=ChatTurns)
+    sender: Sender = field(init=False)
+    pump: OutboxPump = field(init=False)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _recent: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    _failures: dict[int, int] = field(default_factory=dict)
+    _contact_keyboard: set[int] = field(default_factory=set)
+    # chat id -> encoded buttons of the last menu this process showed; mirrors the conversation's `_offered`.
+    _menus: OrderedDict[int, tuple[str, ...]] = field(default_factory=OrderedDict)
+    _group_notice_at: dict[int, float] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _loops: list[asyncio.Task[Any]] = field(default_factory=list)
+    requests: list[BaseRequest] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sender = Sender(self.bot, self.limits)
+        self.sender.on_blocked = self.mark_blocked
+        self.pump = OutboxPump(self.rt, self.sender, self.limits)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def bootstrap(self) -> None:
+        """Registers with Telegram (retrying while the API is unreachable), then polls in polling mode."""
+        delay = self.limits.retry_base
+        while True:
+            try:
+                await self.bot.initialize()
+                if self.mode == "webhook":
+                    await self.bot.set_webhook(self.rt.settings.telegram_webhook_url, secret_token=self.secret,
+                                               allowed_updates=list(ALLOWED_UPDATES), max_connections=40)
+                else:
+                    await self.bot.delete_webhook(drop_pending_updates=False)
+                break
+            except InvalidToken:
+                # PTB's message quotes the token; say only what happened.
+                log.error("telegram rejected the bot token; the Telegram channel is off")
+                return
+            except TelegramError as exc:
+                log.warning("telegram start-up failed, retrying", extra={"error": type(exc).__name__,
+                                                                         "retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        try:
+            for code, lang in ((None, "zh_CN"), ("zh", "zh_CN"), ("en", "en")):
+                await self.bot.set_my_commands(bot_commands(self.rt.catalog, lang), language_code=code)
+        except TelegramError as exc:
+            # Only the command menu in the client is missing; the bot works without it.
+            log.warning("telegram set_my_commands failed", extra={"error": type(exc).__name__})
+        self.ready.set()
+        log.info("telegram channel ready", extra={"mode": self.mode})
+        if self.mode == "polling":
+            await self.poll_forever()
+
+    async def poll_forever(self) -> None:
+        offset: int | None = None
+        delay = self.limits.retry_base
+        while True:
+            try:
+                # Raw, then parsed one by one: PTB's get_updates fails the whole batch (for ever, as the offset
+                # cannot move) on one update it cannot parse, and logs the raw batch, text and all.
+                raw = await self.bot.send_raw("getUpdates", {
+                    "offset": offset, "timeout": POLL_TIMEOUT, "allowed_updates": list(ALLOWED_UPDATES)},
+                    self.limits.api_timeout, read_seconds=POLL_TIMEOUT + self.limits.api_timeout)
+                delay = self.limits.retry_base
+            except TimedOut:
+                continue
+            except RetryAfter as exc:
+                await asyncio.sleep(retry_after(exc))
+                continue
+            except Conflict:
+                # Another poller or a webhook holds the bot; back off instead of fighting over updates.
+                log.warning("telegram getUpdates conflict: another instance is polling or a webhook is set",
+                            extra={"retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            except InvalidToken:
+                log.error("telegram rejected the bot token; polling stops")
+                return
+            except (NetworkError, TelegramError) as exc:
+                log.warning("telegram getUpdates failed", extra={"error": type(exc).__name__, "retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            if not isinstance(raw, list) or not raw:
+                continue
+            updates = [u for u in (self.parse(item) for item in raw) if u is not None]
+            # Chats run side by side; one chat's updates keep their order through ChatTurns. The offset that
+            # acknowledges this batch is sent only once every update is in the inbox (or given up on).
+            await asyncio.gather(*(self._handle_polled(u) for u in updates))
+            offset = max(int(item.get("update_id", 0)) for item in raw if isinstance(item, dict)) + 1
+
+    def parse(self, data: Any) -> Update | None:
+        try:
+            return Update.de_json(data, self.bot)
+        except Exception as exc:
+            # Unparseable even though Telegram sent it: skip it (its offset is still acknowledged), say so.
+            update_id = data.get("update_id") if isinstance(data, dict) else None
+            log.warning("telegram update not understood", extra={"update_id": update_id,
+                                                                 "error": type(exc).__name__})
+            return None
+
+    async def _handle_polled(self, update: Update) -> None:
+        for attempt in range(1, MAX_UPDATE_FAILURES + 1):
+            try:
+                await self.handle_update(update)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("telegram update failed", extra={"update_id": update.update_id, "attempt": attempt})
+                await asyncio.sleep(0.2 * attempt)
+        await self.give_up(update)
+
+    def start(self) -> list[asyncio.Task[Any]]:
+        self._loops = [asyncio.create_task(self.bootstrap()), asyncio.create_task(self.pump.run_forever())]
+        return list(self._loops)
+
+    async def shutdown(self) -> None:
+        tasks = [*self._loops, *self._tasks, *self.pump.tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.bot.shutdown()
+        # Bot.shutdown skips requests it did not initialise itself; ours open lazily, so close them here.
+        for request in self.requests:
+            await request.shutdown()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- updates ---------------------------------------------------------------------------------
+
+    def seen(self, update_id: int) -> bool:
+        return update_id in self._recent
+
+    def remember(self, update_id: int) -> None:
+        self._recent[update_id] = None
+        while len(self._recent) > 20000:
+            self._recent.popitem(last=False)
+        self._failures.pop(update_id, None)
+
+    async def handle_update(self, update: Update, *, inline: bool = False) -> dict[str, Any] | None:
+        """Processes one update to the end: the step is committed and its replies sent or handed over.
+
+        With `inline` (a webhook call), a button's answerCallbackQuery comes back as the webhook response's
+        method instead of an API call: it is no chat message, so Telegram running it unseen loses nothing."""
+        p = plan(update)
+        if p.route == "ignore":
+            return None
+        if p.route == "member":
+            assert p.member is not None
+            await self._member(p)
+            return None
+        if p.route == "callback_elsewhere":
+            assert p.callback is not None
+            return await self._answer(p.callback.id, None, inline)
+        async with self.turns.turn(p.chat_id, update.update_id):
+            if self.seen(update.update_id):
+                return None
+            answer: dict[str, Any] | None = None
+            if p.route == "group":
+                assert update.message is not None
+                await self._group(update.message, p)
+            elif p.route == "edited":
+                await self._notice(p.chat_id, "tg.edited", await self._user_lang(p.chat_id, p.lang_hint))
+            else:
+                answer = await self._dispatch(update, p, inline)
+            self.remember(update.update_id)
+            return answer
+
+    async def _answer(self, callback_id: str, text: str | None, inline: bool) -> dict[str, Any] | None:
+        if inline:
+            method: dict[str, Any] = {"method": "answerCallbackQuery", "callback_query_id": callback_id}
+            if text:
+                method["text"] = text
+            return method
+        await self.sender.answer_callback(callback_id, text)
+        return None
+
+    async def _dispatch(self, update: Update, p: Plan, inline: bool) -> dict[str, Any] | None:
+        expired = False
+        edit_id: int | None = None
+        answer: asyncio.Task[dict[str, Any] | None] | None = None
+        event = p.event
+        cq = p.callback
+        lang: str | None = None
+        if cq is not None:
+            choice, lang = await self._resolve_callback(p.chat_id, cq.data)
+            if choice is None:
+                expired = True
+                lang = lang or pick_lang(p.lang_hint)
+                event = Event("text", text="/menu")
+            else:
+                event = Event("choice", choice=choice)
+            # Polling: the spinner stops now, while the step (maybe a registry round trip) runs.
+            answer = asyncio.create_task(self._answer(
+                cq.id, say(self.rt.catalog, "tg.menu_expired", lang) if expired and lang else None, inline))
+        assert event is not None
+        incoming = Incoming(CHANNEL, str(p.chat_id), event, dedupe_key=str(update.update_id), lang_hint=p.lang_hint)
+        try:
+            payloads = await self._handle_with_retry(incoming)
+        finally:
+            method = await answer if answer is not None else None
+        self._remember_menu(p.chat_id, payloads)
+        if lang is None and any(payload.get("request_contact") for payload in payloads):
+            lang = await self._user_lang(p.chat_id, p.lang_hint)
+        lang = lang or pick_lang(p.lang_hint)
+        messages, shown = render_batch(payloads, self.rt.catalog, lang,
+                                       keyboard_shown=p.chat_id in self._contact_keyboard)
+        if expired:
+            messages.insert(0, Outgoing(say(self.rt.catalog, "tg.menu_expired", lang)))
+        elif cq is not None and isinstance(cq.message, Message) and len(messages) == 1 and messages[0].buttons:
+            old = cq.message.reply_markup
+            old_buttons = tuple(b.callback_data for row in old.inline_keyboard for b in row) if old else ()
+            if old_buttons == messages[0].buttons:
+                edit_id = cq.message.message_id  # the same menu again: redraw it where it is
+        if shown:
+            self._contact_keyboard.add(p.chat_id)
+        else:
+            self._contact_keyboard.discard(p.chat_id)
+        await self.deliver_reply(p.chat_id, messages, edit_id)
+        return method
+
+    def _remember_menu(self, chat_id: int, payloads: list[dict[str, Any]]) -> None:
+        """Mirrors the dispatcher's rule: the last reply with choices is what is on offer."""
+        offered = next((p["choices"] for p in reversed(payloads) if p.get("choices")), None)
+        if offered is None:
+            self._menus.pop(chat_id, None)
+            return
+        self._menus[chat_id] = tuple(str(c["id"]) for c in offered)
+        self._menus.move_to_end(chat_id)
+        while len(self._menus) > 50000:
+            self._menus.popitem(last=False)
+
+    async def _resolve_callback(self, chat_id: int, data: str | None) -> tuple[str | None, str | None]:
+        """The choice a button names if it belongs to the menu on offer now, else None; plus the language
+        when it had to be read. The in-memory mirror answers most clicks; the database has the last word,
+        so a menu another worker drew is never called expired by mistake."""
+        cached = self._menus.get(chat_id)
+        if cached is not None:
+            choice = resolve_choice(data, cached)
+            if choice is not None:
+                return choice, None
+        offered, lang = await self._offered(chat_id)
+        return resolve_choice(data, offered), lang
+
+    async def _handle_with_retry(self, incoming: Incoming) -> list[dict[str, Any]]:
+        for attempt in range(3):
+            try:
+                return await self.rt.dispatcher.handle(incoming)
+            except ConflictError:
+                # Another worker stepped this user meanwhile; the inbox row makes the rerun safe.
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def deliver_reply(self, chat_id: int, messages: list[Outgoing], edit_id: int | None = None) -> None:
+        """Sends a step's replies, waiting up to `inline_wait`; what is still queued then goes to the outbox
+        as claimed rows, so a crash before it is sent means a resend rather than a loss."""
+        if not messages:
+            return
+        task = self._spawn(self.sender.deliver(chat_id, messages, push=False, edit_message_id=edit_id))
+        done, _ = await asyncio.wait({task}, timeout=self.limits.inline_wait)
+        if done:
+            self._log_undeliverable(task, chat_id)
+            return
+        seqs = sorted({m.seq for m in messages if m.seq is not None})
+        user = await self.rt.dispatcher.user_for(CHANNEL, str(chat_id), create=False) if seqs else None
+        ids = await self.pump.mark_handed_over(user.id, seqs) if user is not None else []
+        self._spawn(self._settle_later(task, chat_id, ids))
+
+    async def _settle_later(self, task: asyncio.Task[Any], chat_id: int, ids: list[int]) -> None:
+        try:
+            await asyncio.wait({task})
+            failed = self._log_undeliverable(task, chat_id)
+            await self.pump.settle(ids, "failed" if failed else "sent")
+        except asyncio.CancelledError:
+            self.pump.inflight.difference_update(ids)
+            raise
+
+    def _log_undeliverable(self, task: asyncio.Task[Any], chat_id: int) -> bool:
+        if task.cancelled():
+            return True
+        exc = task.exception()
+        if exc is None:
+            return False
+        if isinstance(exc, Undeliverable):
+            log.warning("telegram reply undeliverable", extra={"reason": exc.reason})
+            if exc.blocked:
+                self._spawn(self.mark_blocked(chat_id))
+        else:
+            log.error("telegram reply failed", exc_info=exc)
+        return True
+
+    async def give_up(self, update: Update) -> None:
+        """An update that failed every try: apologise in a private chat and move on."""
+        self.remember(update.update_id)
+        p = plan(update)
+        if p.route in ("dispatch", "edited") and p.chat_id:
+            try:
+                await self._notice(p.chat_id, "web.error.internal", pick_lang(p.lang_hint))
+            except Exception:
+                log.exception("telegram apology failed")
+
+    def count_failure(self, update_id: int) -> int:
+        count = self._failures.get(update_id, 0) + 1
+        self._failures[update_id] = count
+        if len(self._failures) > 10000:
+            self._failures.pop(next(iter(self._failures)))
+        return count
+
+    async def _notice(self, chat_id: int, key: str, lang: str,
+                      markup: InlineKeyboardMarkup | None = None) -> None:
+        """An adapter message outside the dialog (no step, no outbox row)."""
+        await self.deliver_reply(chat_id, [Outgoing(say(self.rt.catalog, key, lang), markup)])
+
+    async def _group(self, message: Message, p: Plan) -> None:
+        try:
+            username: str | None = self.bot.username
+            bot_id: int | None = self.bot.id
+        except RuntimeError:
+            username, bot_id = None, None
+        if not _addressed_to_bot(message, username, bot_id):
+            return
+        await self._group_notice(p.chat_id, pick_lang(p.lang_hint), username)
+
+    async def _group_notice(self, chat_id: int, lang: str, username: str | None) -> None:
+        now = time.monotonic()
+        if now - self._group_notice_at.get(chat_id, -GROUP_NOTICE_EVERY) < GROUP_NOTICE_EVERY:
+            return  # groups allow 20 messages a minute; one refusal a minute is plenty
+        self._group_notice_at[chat_id] = now
+        if len(self._group_notice_at) > 10000:
+            self._group_notice_at.pop(next(iter(self._group_notice_at)))
+        markup = None
+        if username:
+            markup = InlineKeyboardMarkup([[InlineKeyboardButton(say(self.rt.catalog, "tg.open_private", lang),
+                                                                 url=f"https://t.me/{username}?start=group")]])
+        await self._notice(chat_id, "tg.group_refused", lang, markup)
+
+    async def _member(self, p: Plan) -> None:
+        member = p.member
+        assert member is not None
+        status = member.new_chat_member.status
+        if member.chat.type == "private":
+            if status == "kicked":
+                await self.set_active(p.chat_id, False)
+            elif status == "member":
+                await self.set_active(p.chat_id, True)
+            return
+        if member.chat.type in ("group", "supergroup") and status in ("member", "administrator") and \
+                member.old_chat_member.status in ("left", "kicked"):
+            try:
+                username: str | None = self.bot.username
+            except RuntimeError:
+                username = None
+            async with self.turns.turn(p.chat_id, 0):
+                await self._group_notice(p.chat_id, pick_lang(p.lang_hint), username)
+
+    # ---- users -----------------------------------------------------------------------------------
+
+    async def set_active(self, chat_id: int, active: bool) -> None:
+        async with self.rt.db.session() as session:
+            await session.exec(update(User).where(col(User.channel) == CHANNEL,
+                                                  col(User.external_id) == str(chat_id)).values(active=active))
+            await session.commit()
+        log.info("telegram user %s", "unblocked the bot" if active else "blocked the bot")
+
+    async def mark_blocked(self, chat_id: int) -> None:
+        await self.set_active(chat_id, False)
+
+    async def _user_lang(self, chat_id: int, hint: str | None) -> str:
+        async with self.rt.db.session() as session:
+            lang = (await session.exec(select(User.lang).where(User.channel == CHANNEL,
+                                                               User.external_id == str(chat_id)))).first()
+        return lang if lang else pick_lang(hint)
+
+    async def _offered(self, chat_id: int) -> tuple[list[str], str | None]:
+        """Choice ids of the menu the user was last shown, and their language."""
+        async with self.rt.db.session() as session:
+            row = (await session.exec(
+                select(User.lang, Conversation.data)
+                .join(Conversation, col(Conversation.user_id) == col(User.id), isouter=True)
+                .where(User.channel == CHANNEL, User.external_id == str(chat_id)))).first()
+        if row is None:
+            return [], None
+        lang, data = row
+        try:
+            parsed = json.loads(data) if data else {}
+        except ValueError:
+            parsed = {}
+        return offered_ids(parsed if isinstance(parsed, dict) else {}), lang
+
+
+TELEGRAM: web.AppKey[TelegramChannel] = web.AppKey("telegram", TelegramChannel)
+
+
+async def _read_body(request: web.Request) -> bytes | None:
+    if (request.content_length or 0) > MAX_UPDATE_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > MAX_UPDATE_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def webhook(request: web.Request) -> web.Response:
+    channel = request.app[TELEGRAM]
+    offered = request.headers.get(SECRET_HEADER, "")
+    if not secrets.compare_digest(offered.encode(), channel.secret.encode()):
+        return web.Response(status=403)
+    raw = await _read_body(request)
+    if raw is None:
+        return web.Response(status=413)
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        return web.Response(status=400)
+    if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+        return web.Response(status=400)
+    update = channel.parse(data)
+    if update is None:
+        # The secret proved it came from Telegram, so a retry would fail the same way.
+        return web.Response(status=200)
+    try:
+        method = await channel.handle_update(update, inline=True)
+    except ConflictError:
+        return web.Response(status=503)  # Telegram retries; the inbox makes the retry safe
+    except Exception:
+        failures = channel.count_failure(update.update_id)
+        log.exception("telegram update failed", extra={"update_id": update.update_id, "attempt": failures})
+        if failures < MAX_UPDATE_FAILURES:
+            return web.Response(status=500)
+        await channel.give_up(update)
+        return web.Response(status=200)
+    if method is not None:
+        return web.json_response(method)
+    return web.Response(status=200)
+
+
+def build_bot(rt: Runtime) -> tuple[LeanBot, list[BaseRequest]]:
+    settings = rt.settings
+    # getUpdates gets its own connection so a long poll never holds one a send is waiting for.
+    requests: list[BaseRequest] = [AiohttpRequest(), AiohttpRequest(connection_pool_size=1, read_timeout=10.0)]
+    bot = LeanBot(settings.telegram_bot_token, base_url=base_url(settings.telegram_api_base_url),
+              request=requests[0], get_updates_request=requests[1])
+    return bot, requests
+
+
+def setup_telegram(app: web.Application, rt: Runtime, *, bot: LeanBot | None = None,
+                   limits: Limits | None = None) -> TelegramChannel | None:
+    """Mounts the Telegram channel on `app`; a second call on the same app does nothing."""
+    if TELEGRAM in app:
+        return app[TELEGRAM]
+    settings = rt.settings
+    if not settings.telegram_bot_token:
+        return None
+    # PTB logs request parameters and raw updates at DEBUG; those carry what users type.
+    ptb_log = logging.getLogger("telegram")
+    if ptb_log.getEffectiveLevel() < logging.INFO or ptb_log.level == logging.NOTSET:
+        ptb_log.setLevel(logging.INFO)
+    mode: Literal["webhook", "polling"] = "webhook" if settings.telegram_webhook_url else "polling"
+    requests: list[BaseRequest] = []
+    if bot is None:
+        bot, requests = build_bot(rt)
+    channel = TelegramChannel(rt=rt, bot=bot, mode=mode, secret=webhook_secret(rt), limits=limits or Limits(),
+                              requests=requests)
+    app[TELEGRAM] = channel
+    if mode == "webhook":
+        app.router.add_post(WEBHOOK_PATH, webhook)
+
+    async def startup(_app: web.Application) -> None:
+        rt.background.extend(channel.start())
+
+    async def shutdown(_app: web.Application) -> None:
+        await channel.shutdown()
+
+    app.on_startup.append(startup)
+    app.on_shutdown.append(shutdown)
+    return channel

@@ -1,0 +1,168 @@
+"""Turns channel-neutral reply payloads into Telegram messages, and callback data back into choice ids.
+
+Pure: no I/O. It must never put anything into a message that the dialog did not render (no echo of
+user input), and never emit callback data over Telegram's 64-byte limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from telegram import (
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    ReplyKeyboardMarkup,
+    ReplyKeyboardRemove,
+)
+
+from bot.i18n import Catalog
+from dialogs.model import Msg
+
+CALLBACK_MAX_BYTES = 64
+# Telegram counts UTF-16 units up to 4096; code points under 4000 stay inside it for any text we render.
+TEXT_LIMIT = 4000
+_HASHED = "#"
+
+# Slash commands shown in Telegram's menu; descriptions reuse catalog keys where one already says it.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("start", "tg.cmd.start"),
+    ("menu", "common.back_to_menu"),
+    ("help", "tg.cmd.help"),
+    ("language", "settings.language"),
+    ("human", "menu.human"),
+    ("stop", "settings.reminders_off"),
+    ("forget", "settings.forget"),
+)
+
+
+def say(catalog: Catalog, key: str, lang: str, **params: Any) -> str:
+    return catalog.render(Msg(key, params), lang)
+
+
+def bot_commands(catalog: Catalog, lang: str) -> list[BotCommand]:
+    return [BotCommand(name, say(catalog, key, lang)[:256]) for name, key in COMMANDS]
+
+
+def encode_choice(choice_id: str) -> str:
+    """Callback data for a choice: the id itself when it fits, else a digest the adapter resolves."""
+    raw = choice_id.encode()
+    if 0 < len(raw) <= CALLBACK_MAX_BYTES and not choice_id.startswith(_HASHED):
+        return choice_id
+    return _HASHED + base64.urlsafe_b64encode(hashlib.sha256(raw).digest()[:18]).decode()
+
+
+def resolve_choice(data: str | None, offered: Iterable[str]) -> str | None:
+    """The offered choice id that `data` names, or None for an old, unknown or forged button."""
+    if not data:
+        return None
+    for choice_id in offered:
+        if encode_choice(choice_id) == data:
+            return choice_id
+    return None
+
+
+def offered_ids(conversation_data: Mapping[str, Any]) -> list[str]:
+    offered = conversation_data.get("_offered")
+    if not isinstance(offered, list):
+        return []
+    return [str(item[0]) for item in offered if isinstance(item, list | tuple) and item]
+
+
+Markup = InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One Telegram message; `seq` ties it to its outbox row (None for adapter notices)."""
+
+    text: str
+    markup: Markup | None = None
+    seq: int | None = None
+    # Encoded callback data of the inline keyboard, to recognise "the same menu again".
+    buttons: tuple[str, ...] = ()
+    shows_reply_keyboard: bool = False
+
+    def with_markup(self, markup: Markup) -> Outgoing:
+        return Outgoing(self.text, markup, self.seq, self.buttons, self.shows_reply_keyboard)
+
+
+def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    if len(text) <= limit:
+        return [text]
+    parts: list[str] = []
+    current = ""
+    for line in text.split("\n"):
+        while len(line) > limit:
+            if current:
+                parts.append(current)
+                current = ""
+            parts.append(line[:limit])
+            line = line[limit:]
+        candidate = f"{current}\n{line}" if current else line
+        if len(candidate) > limit:
+            parts.append(current)
+            current = line
+        else:
+            current = candidate
+    if current:
+        parts.append(current)
+    return parts
+
+
+def inline_keyboard(choices: Sequence[Mapping[str, Any]]) -> tuple[InlineKeyboardMarkup, tuple[str, ...]]:
+    # One button per row: labels are sentences in Chinese and English alike, and phones are narrow.
+    datas = tuple(encode_choice(str(c["id"])) for c in choices)
+    rows = [[InlineKeyboardButton(str(c["label"])[:64], callback_data=data)] for c, data in zip(choices, datas,
+                                                                                               strict=True)]
+    return InlineKeyboardMarkup(rows), datas
+
+
+def render_payload(payload: Mapping[str, Any], catalog: Catalog, lang: str) -> list[Outgoing]:
+    """One reply payload as one or more messages; the keyboard rides on the last part."""
+    text = str(payload.get("text") or "")
+    if payload.get("error"):
+        text = "⚠️ " + text
+    parts = split_text(text) or [""]
+    seq = payload.get("seq") if isinstance(payload.get("seq"), int) else None
+    choices = [c for c in payload.get("choices") or [] if isinstance(c, Mapping) and c.get("id")]
+    markup: Markup | None = None
+    buttons: tuple[str, ...] = ()
+    reply_keyboard = False
+    if payload.get("request_contact"):
+        # A contact button only lives on a reply keyboard; the other choices go there too, and their
+        # labels come back as text that the dispatcher maps to the choice.
+        rows = [[KeyboardButton(say(catalog, "tg.share_contact", lang), request_contact=True)]]
+        rows.extend([KeyboardButton(str(c["label"]))] for c in choices)
+        markup = ReplyKeyboardMarkup(rows, resize_keyboard=True, one_time_keyboard=True)
+        reply_keyboard = True
+    elif choices:
+        markup, buttons = inline_keyboard(choices)
+    out = [Outgoing(part, seq=seq) for part in parts[:-1]]
+    out.append(Outgoing(parts[-1], markup, seq, buttons, reply_keyboard))
+    return out
+
+
+def render_batch(payloads: Sequence[Mapping[str, Any]], catalog: Catalog, lang: str, *,
+                 keyboard_shown: bool) -> tuple[list[Outgoing], bool]:
+    """All payloads of one step. Returns the messages and whether a contact keyboard stays on screen.
+
+    A contact keyboard left from an earlier step is taken down by the first message that has no inline
+    keyboard of its own (Telegram allows one markup per message).
+    """
+    messages: list[Outgoing] = []
+    for payload in payloads:
+        messages.extend(render_payload(payload, catalog, lang))
+    shown = keyboard_shown
+    for index, message in enumerate(messages):
+        if message.shows_reply_keyboard:
+            shown = True
+        elif shown and message.markup is None:
+            messages[index] = message.with_markup(ReplyKeyboardRemove())
+            shown = False
+    return messages, shown

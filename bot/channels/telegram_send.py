@@ -1,0 +1,388 @@
+"""Delivery to Telegram: per-chat ordered lanes, rate limits, 429/5xx handling, and the outbox sender.
+
+Limits: pushes (outbox rows nobody is waiting for) keep to `bot_per_second` across chats and
+`chat_per_second` per chat; replies to a user's own message may burst `interactive_burst` deep per chat.
+A 429 blocks only its own chat for `retry_after`. Outbox rows are delivered at least once and never again
+once marked `sent`; rows are claimed (`sending`, lease in `sent_at`) so several workers never send one
+row twice while both are alive.
+
+It must never log message text, phone numbers or the bot token, and never send to a blocked user's push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlmodel import col, select, update
+from telegram import Bot, InlineKeyboardMarkup
+from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
+
+from bot.channels.telegram_render import Outgoing, render_payload
+from bot.storage import OutboxMessage, User, utcnow
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "telegram"
+
+
+@dataclass
+class Limits:
+    bot_per_second: float = 30.0
+    chat_per_second: float = 1.0
+    # Replies to a user's own message: Telegram tolerates a short burst in a private chat.
+    interactive_burst: int = 5
+    # How long a webhook call waits for its replies to go out before handing them to the outbox.
+    inline_wait: float = 2.0
+    max_attempts: int = 5
+    # Seconds one Bot API call may take before it counts as failed (and is retried).
+    api_timeout: float = 10.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    outbox_poll: float = 1.0
+    # First wait after a failed getUpdates or start-up call; doubles up to a minute.
+    retry_base: float = 1.0
+    outbox_batch: int = 100
+    # A claimed row whose worker died goes back to `pending` after this long.
+    lease_seconds: float = 600.0
+
+
+class Undeliverable(Exception):
+    """The message cannot go out: blocked by the user, chat gone, bad request, or retries exhausted."""
+
+    def __init__(self, reason: str, *, blocked: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.blocked = blocked
+
+
+def _seconds(value: int | float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def retry_after(exc: RetryAfter) -> float:
+    # PTB 22 keeps a timedelta and warns when `retry_after` is read as an int; read the timedelta.
+    held = getattr(exc, "_retry_after", None)
+    if isinstance(held, timedelta):
+        return held.total_seconds()
+    return _seconds(exc.retry_after)
+
+
+class LeanBot(Bot):
+    """telegram.Bot plus `send_raw`: the send path never reads the returned Message, and building one costs
+    about as much CPU as the HTTP call itself. Requests still go through PTB (defaults, markup objects,
+    error mapping to RetryAfter/Forbidden/BadRequest)."""
+
+    async def send_raw(self, endpoint: str, data: dict[str, Any], seconds: float, *,
+                       read_seconds: float | None = None) -> Any:
+        return await self._post(endpoint, data, read_timeout=read_seconds or seconds, write_timeout=seconds,
+                                connect_timeout=seconds, pool_timeout=seconds)
+
+
+class Gcra:
+    """Generic cell rate algorithm: `rate` per second sustained, `burst` back to back.
+
+    The rate is passed on every call so that limits changed at run time apply at once."""
+
+    __slots__ = ("tat",)
+
+    def __init__(self) -> None:
+        self.tat = 0.0
+
+    def wait_for(self, now: float, rate: float, burst: int) -> float:
+        tolerance = (max(burst, 1) - 1) / rate
+        return max(0.0, max(self.tat, now) - tolerance - now)
+
+    def take(self, now: float, rate: float) -> None:
+        self.tat = max(self.tat, now) + 1.0 / rate
+
+
+@dataclass
+class Lane:
+    """One chat's send queue: FIFO lock for order, its own pace and 429 block."""
+
+    pace: Gcra
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    blocked_until: float = 0.0
+    holders: int = 0
+
+
+class Sender:
+    """Sends rendered messages with pacing and retries; knows nothing of dialogs or updates."""
+
+    def __init__(self, bot: LeanBot, limits: Limits, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.bot = bot
+        self.limits = limits
+        self.clock = clock
+        self._lanes: dict[int, Lane] = {}
+        self._bot_pace = Gcra()
+        self._bot_lock = asyncio.Lock()
+        self.on_blocked: Callable[[int], Awaitable[None]] | None = None
+
+    def lane(self, chat_id: int) -> Lane:
+        lane = self._lanes.get(chat_id)
+        if lane is None:
+            lane = self._lanes[chat_id] = Lane(Gcra())
+        return lane
+
+    def sweep(self) -> None:
+        """Forgets idle chats whose pace no longer matters."""
+        now = self.clock()
+        for chat_id in [c for c, lane in self._lanes.items()
+                        if lane.holders == 0 and lane.pace.tat <= now and lane.blocked_until <= now]:
+            del self._lanes[chat_id]
+
+    async def deliver(self, chat_id: int, messages: list[Outgoing], *, push: bool,
+                      edit_message_id: int | None = None) -> list[Any]:
+        """Sends `messages` in order, holding the chat's lane so no other batch interleaves.
+
+        With `edit_message_id`, the first message replaces that message's text and keyboard instead.
+        """
+        lane = self.lane(chat_id)
+        lane.holders += 1
+        try:
+            async with lane.lock:
+                results: list[Any] = []
+                for index, message in enumerate(messages):
+                    if index == 0 and edit_message_id is not None:
+                        edited = await self._edit(lane, chat_id, edit_message_id, message)
+                        if edited is not None:
+                            results.append(edited)
+                            continue
+                    results.append(await self._send(lane, chat_id, message, push=push))
+                return results
+        finally:
+            lane.holders -= 1
+
+    async def call(self, lane: Lane | None, make: Callable[[], Awaitable[Any]], *, push: bool,
+                   paced: bool = True) -> Any:
+        """One API call with pacing, 429 and transient-error retries; raises Undeliverable when hopeless."""
+        attempt = 0
+        while True:
+            if lane is not None:
+                await self._wait_turn(lane, push=push, paced=paced)
+            try:
+                return await make()
+            except RetryAfter as exc:
+                wait = retry_after(exc)
+                if lane is not None:
+                    lane.blocked_until = max(lane.blocked_until, self.clock() + wait)
+                else:
+                    await asyncio.sleep(wait)
+                log.warning("telegram flood control", extra={"retry_after": wait, "push": push})
+            except Forbidden as exc:
+                raise Undeliverable("forbidden", blocked=True) from exc
+            except ChatMigrated as exc:
+                raise Undeliverable("chat_migrated") from exc
+            except BadRequest as exc:
+                raise Undeliverable("bad_request: " + _safe(exc)) from exc
+            except (TimedOut, NetworkError) as exc:
+                attempt += 1
+                if attempt >= self.limits.max_attempts:
+                    raise Undeliverable(f"gave up: {type(exc).__name__}") from None
+                delay = min(self.limits.backoff_cap, self.limits.backoff_base * 2 ** (attempt - 1))
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            except TelegramError as exc:
+                raise Undeliverable(f"telegram error: {type(exc).__name__}") from None
+
+    async def _wait_turn(self, lane: Lane, *, push: bool, paced: bool) -> None:
+        limits = self.limits
+        while True:
+            now = self.clock()
+            wait = lane.blocked_until - now
+            if paced:
+                burst = 1 if push else limits.interactive_burst
+                wait = max(wait, lane.pace.wait_for(now, limits.chat_per_second, burst))
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        if push:
+            # Bulk sends share the bot-wide budget; interactive replies are limited per chat only.
+            async with self._bot_lock:
+                wait = self._bot_pace.wait_for(self.clock(), limits.bot_per_second, 1)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._bot_pace.take(self.clock(), limits.bot_per_second)
+        if paced:
+            lane.pace.take(self.clock(), limits.chat_per_second)
+
+    async def _send(self, lane: Lane, chat_id: int, message: Outgoing, *, push: bool) -> Any:
+        data: dict[str, Any] = {"chat_id": chat_id, "text": message.text, "reply_markup": message.markup}
+        return await self.call(lane, lambda: self.bot.send_raw("sendMessage", data, self.limits.api_timeout),
+                               push=push)
+
+    async def _edit(self, lane: Lane, chat_id: int, message_id: int, message: Outgoing) -> Any:
+        """Edits in place; None means the edit is impossible and a new message should go instead."""
+        markup = message.markup if isinstance(message.markup, InlineKeyboardMarkup) else None
+        data: dict[str, Any] = {"chat_id": chat_id, "message_id": message_id, "text": message.text,
+                                "reply_markup": markup}
+        try:
+            return await self.call(lane, lambda: self.bot.send_raw("editMessageText", data, self.limits.api_timeout),
+                                   push=False)
+        except Undeliverable as exc:
+            if "not modified" in exc.reason:
+                return True
+            if exc.blocked:
+                raise
+            return None
+
+    async def answer_callback(self, callback_id: str, text: str | None = None) -> None:
+        """Stops the button's spinner. Not a chat message, so unpaced; failures only cost the spinner."""
+        data: dict[str, Any] = {"callback_query_id": callback_id, "text": text}
+        try:
+            await self.call(None, lambda: self.bot.send_raw("answerCallbackQuery", data, self.limits.api_timeout),
+                            push=False, paced=False)
+        except Undeliverable as exc:
+            log.info("callback answer failed", extra={"reason": exc.reason})
+
+
+def _safe(exc: Exception) -> str:
+    # Bot API descriptions are fixed phrases ("message is not modified", "chat not found"); cap them anyway.
+    return str(getattr(exc, "message", exc))[:120].lower()
+
+
+class OutboxPump:
+    """Delivers `pending` telegram outbox rows (pushes, and replies a webhook handed over) and marks them."""
+
+    def __init__(self, rt: Runtime, sender: Sender, limits: Limits) -> None:
+        self.rt = rt
+        self.sender = sender
+        self.limits = limits
+        self.inflight: set[int] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.wakeup = asyncio.Event()
+
+    async def run_forever(self) -> None:
+        rounds = 0
+        while True:
+            try:
+                if rounds % 60 == 0:
+                    await self.reclaim(everything=rounds == 0 and self.rt.db.is_sqlite)
+                    self.sender.sweep()
+                rounds += 1
+                found = await self.pump_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("telegram outbox round failed")
+                found = 0
+            if found < self.limits.outbox_batch:
+                self.wakeup.clear()
+                try:
+                    await asyncio.wait_for(self.wakeup.wait(), self.limits.outbox_poll)
+                except TimeoutError:
+                    pass
+
+    async def reclaim(self, *, everything: bool) -> None:
+        """Rows claimed by a worker that died go back to `pending`. With one SQLite process at start-up,
+        every claim is from a previous life; with several workers only expired leases are."""
+        stmt = update(OutboxMessage).where(col(OutboxMessage.channel) == CHANNEL,
+                                           col(OutboxMessage.status) == "sending")
+        if not everything:
+            cutoff = utcnow() - timedelta(seconds=self.limits.lease_seconds)
+            stmt = stmt.where(col(OutboxMessage.sent_at) < cutoff)
+        if self.inflight:
+            stmt = stmt.where(col(OutboxMessage.id).not_in(self.inflight))
+        async with self.rt.db.session() as session:
+            await session.exec(stmt.values(status="pending"))
+            await session.commit()
+
+    async def pump_once(self) -> int:
+        async with self.rt.db.session() as session:
+            query = (select(OutboxMessage, User.external_id, User.active)
+                     .join(User, col(User.id) == col(OutboxMessage.user_id))
+                     .where(col(OutboxMessage.channel) == CHANNEL, col(OutboxMessage.status) == "pending")
+                     .order_by(col(OutboxMessage.id)).limit(self.limits.outbox_batch))
+            if self.inflight:
+                query = query.where(col(OutboxMessage.id).not_in(self.inflight))
+            rows = (await session.exec(query)).all()
+        for row, external_id, active in rows:
+            assert row.id is not None
+            if not active or not external_id.lstrip("-").isdigit():
+                await self.finish(row.id, "failed")
+                continue
+            if not await self.claim(row.id):
+                continue
+            self.inflight.add(row.id)
+            task = asyncio.create_task(self._push(row, int(external_id)))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return len(rows)
+
+    async def claim(self, row_id: int) -> bool:
+        async with self.rt.db.session() as session:
+            result = await session.exec(
+                update(OutboxMessage).where(col(OutboxMessage.id) == row_id, col(OutboxMessage.status) == "pending")
+                .values(status="sending", sent_at=utcnow(), attempts=OutboxMessage.attempts + 1))
+            await session.commit()
+            return bool(result.rowcount == 1)
+
+    async def finish(self, row_id: int, status: str) -> None:
+        async with self.rt.db.session() as session:
+            await session.exec(update(OutboxMessage).where(col(OutboxMessage.id) == row_id)
+                               .values(status=status, sent_at=utcnow()))
+            await session.commit()
+
+    async def _push(self, row: OutboxMessage, chat_id: int) -> None:
+        assert row.id is not None
+        try:
+            if row.attempts >= self.limits.max_attempts:
+                # Claimed this often without finishing: something kills the worker mid-send. Stop.
+                await self.finish(row.id, "failed")
+                return
+            payload: dict[str, Any] = json.loads(row.payload)
+            lang = await self._lang(row.user_id)
+            messages = render_payload(payload, self.rt.catalog, lang)
+            await self.sender.deliver(chat_id, messages, push=row.kind == "push")
+            await self.finish(row.id, "sent")
+        except Undeliverable as exc:
+            log.warning("telegram outbox row undeliverable", extra={"outbox_id": row.id, "reason": exc.reason})
+            await self.finish(row.id, "failed")
+            if exc.blocked and self.sender.on_blocked is not None:
+                await self.sender.on_blocked(chat_id)
+        except asyncio.CancelledError:
+            # Leave the row claimed: the lease (or the next SQLite start) hands it back.
+            raise
+        except Exception:
+            log.exception("telegram outbox row failed", extra={"outbox_id": row.id})
+        finally:
+            self.inflight.discard(row.id)
+
+    async def _lang(self, user_id: int) -> str:
+        async with self.rt.db.session() as session:
+            user = await session.get(User, user_id)
+        return user.lang if user is not None else "zh_CN"
+
+    async def mark_handed_over(self, user_id: int, seqs: list[int]) -> list[int]:
+        """Reply rows a webhook could not finish in time: claimed by us, so a crash resends them."""
+        async with self.rt.db.session() as session:
+            rows = (await session.exec(select(OutboxMessage).where(
+                col(OutboxMessage.user_id) == user_id, col(OutboxMessage.seq).in_(seqs),
+                col(OutboxMessage.channel) == CHANNEL))).all()
+            ids = [r.id for r in rows if r.id is not None]
+            if ids:
+                await session.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(ids))
+                                   .values(status="sending", sent_at=utcnow()))
+                await session.commit()
+        self.inflight.update(ids)
+        return ids
+
+    async def settle(self, ids: list[int], status: str) -> None:
+        try:
+            if ids:
+                async with self.rt.db.session() as session:
+                    await session.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(ids))
+                                       .values(status=status, sent_at=utcnow()))
+                    await session.commit()
+        finally:
+            self.inflight.difference_update(ids)
