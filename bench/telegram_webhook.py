@@ -82,7 +82,7 @@ async def serve_ours(port: int, api: str) -> web.AppRunner:
     sys.path.insert(0, str(ROOT))
     from bot.channels.telegram import setup_telegram
     from bot.config import Settings
-    from bot.server import SANDBOX_REGISTRY_PATH, create_app
+    from bot.server import SANDBOX_REGISTRY_PATH, create_app, tune_gc
     from bot.structured_logs import configure
     from bot.web.chat import RUNTIME
     from integrations.registry import RegistryClient
@@ -95,7 +95,7 @@ async def serve_ours(port: int, api: str) -> web.AppRunner:
     configure("WARNING")
     app = create_app(settings)
     rt = app[RUNTIME]
-    channel = setup_telegram(app, rt)  # a no-op once bot/server.py mounts the channel itself
+    channel = setup_telegram(app, rt)  # create_app mounted it already: this returns that channel
     assert channel is not None
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -103,6 +103,7 @@ async def serve_ours(port: int, api: str) -> web.AppRunner:
     await rt.registry.close()
     rt.registry = RegistryClient(f"http://127.0.0.1:{port}{SANDBOX_REGISTRY_PATH}", timeout=5)
     await asyncio.wait_for(channel.ready.wait(), 30)
+    tune_gc()  # as bot.server.start_server does
     return runner
 
 
