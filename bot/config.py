@@ -18,7 +18,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Folder for the SQLite files and the generated secret key.")
     database_url: str = Field("", description="SQLAlchemy URL; default is SQLite under DATA_DIR. "
                                               "`postgresql+asyncpg://…` for PostgreSQL.")
-    redis_url: str = Field("", description="Optional Redis for cross-worker rate limits and caches.")
+    redis_url: str = Field("", description="Optional Redis: WeChat nonces seen by any worker (replay refusal "
+                                            "across workers).")
     secret_key: str = Field("", description="Server secret for keyed hashes and encryption at rest; "
                                             "generated into DATA_DIR/secret.key when unset.")
     registry_url: str = Field("", description="Binding registry base URL; empty runs the embedded sandbox.")

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import re
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +28,7 @@ from bot.channels.wechat_crypto import NonceCache, SafeModeCodec, signature_matc
 from bot.channels.wechat_text import clip, numbered_index, payload_text, split_fitting
 from bot.server import RunningServer, start_server
 from dialogs.model import Msg, Reply
-from tests.conftest import make_settings
+from tests.conftest import IN_CI, make_settings
 from tests.fakes.fake_wechat_api import (
     CUSTOM_SEND,
     MENU_CREATE,
@@ -605,3 +606,30 @@ async def test_verify_lookup_unbind_end_to_end_over_wechat(wx_factory: Any, log_
     for secret in (demo["phone"], demo["id_number"], demo["name"]):
         assert secret not in logs
         assert secret not in json.dumps([c.body for c in wx.fake.calls], ensure_ascii=False)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    url = "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        if IN_CI:
+            pytest.fail(f"Redis is not reachable at {url}: {exc}")
+        pytest.skip(f"Redis is not reachable: {exc}")
+    return url
+
+
+async def test_a_replay_to_another_worker_is_refused_through_redis(wx_factory: Callable[..., Any],
+                                                                   redis_url: str) -> None:
+    first = await wx_factory(redis_url=redis_url)
+    second = await wx_factory(redis_url=redis_url)
+    nonce, timestamp = str(secrets.randbelow(10**9) + 10**9), str(int(time.time()))
+    answer = await first.user().post(first.user().text_xml("/start"), nonce=nonce, timestamp=timestamp)
+    assert answer.status == 200
+    replay = await second.user().post(second.user().text_xml("/start"), nonce=nonce, timestamp=timestamp)
+    assert replay.status == 403
+    fresh = await second.user().post(second.user().text_xml("/start"))
+    assert fresh.status == 200

@@ -35,6 +35,7 @@ from bot.channels.wechat_crypto import (
     BadXml,
     NonceCache,
     SafeModeCodec,
+    SharedNonces,
     cdata_safe,
     envelope_of,
     fresh,
@@ -123,7 +124,7 @@ class WeChatChannel:
         self.native_support = bool(settings.wechat_native_support)
         self.passive_seconds = settings.wechat_passive_seconds
         self.clock = clock
-        self.nonces = NonceCache()
+        self.nonces = SharedNonces(NonceCache(), settings.redis_url)
         self.api = WeChatApi(settings.wechat_api_base_url, settings.wechat_app_id, settings.wechat_app_secret,
                              DbTokenStore(rt.db, rt.vault, settings.wechat_app_id),
                              timeout=settings.wechat_api_timeout)
@@ -196,7 +197,7 @@ class WeChatChannel:
             assert self.codec is not None
             if not self.codec.signature_ok(request.query.get("msg_signature", ""), timestamp, nonce, envelope):
                 raise Refused(403, "bad msg_signature")
-        if not self.nonces.check_and_add(timestamp, nonce, self.clock()):
+        if not await self.nonces.check_and_add(timestamp, nonce, self.clock()):
             raise Refused(403, "replayed nonce")
         if encrypted:
             assert self.codec is not None
@@ -501,6 +502,7 @@ def setup_wechat(app: web.Application, rt: Runtime) -> None:
 
     async def drain(_app: web.Application) -> None:
         await channel.drain()
+        await channel.nonces.close()
 
     app.on_startup.append(start_sender)
     app.on_shutdown.append(drain)

@@ -171,3 +171,33 @@ def envelope_of(root: Element) -> str:
 def reply_envelope(xml: str) -> dict[str, Any]:
     """The four fields of an encrypted reply (for tests and the benchmark)."""
     return xml_fields(parse_xml(xml))
+
+
+class SharedNonces:
+    """Nonces seen by any worker: the local cache first (free), then Redis `SET NX EX` when REDIS_URL is set.
+
+    Without Redis the local cache is the whole answer, which is complete for the embedded one-process setup.
+    """
+
+    def __init__(self, local: NonceCache, redis_url: str = "", *, prefix: str = "haoqing:wx:nonce:") -> None:
+        self.local = local
+        self.prefix = prefix
+        self._redis: Any = None
+        if redis_url:
+            from redis.asyncio import Redis
+
+            self._redis = Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+    async def check_and_add(self, timestamp: str, nonce: str, now: float | None = None) -> bool:
+        if not self.local.check_and_add(timestamp, nonce, now):
+            return False
+        if self._redis is None:
+            return True
+        # A nonce only needs remembering while its timestamp can still pass the freshness check.
+        fresh_for = self.local.max_age + MAX_FUTURE_SECONDS + 5
+        added = await self._redis.set(f"{self.prefix}{int(timestamp)}:{nonce}", b"1", nx=True, ex=fresh_for)
+        return bool(added)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
