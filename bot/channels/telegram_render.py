@@ -10,6 +10,7 @@ import base64
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from telegram import (
@@ -116,10 +117,16 @@ def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
 
 
 def inline_keyboard(choices: Sequence[Mapping[str, Any]]) -> tuple[InlineKeyboardMarkup, tuple[str, ...]]:
+    return _inline_keyboard(tuple((str(c["id"]), str(c["label"])) for c in choices))
+
+
+@lru_cache(maxsize=4096)
+def _inline_keyboard(choices: tuple[tuple[str, str], ...]) -> tuple[InlineKeyboardMarkup, tuple[str, ...]]:
+    # Cached: the same few menus are drawn over and over, and PTB's markup objects are immutable.
     # One button per row: labels are sentences in Chinese and English alike, and phones are narrow.
-    datas = tuple(encode_choice(str(c["id"])) for c in choices)
-    rows = [[InlineKeyboardButton(str(c["label"])[:64], callback_data=data)] for c, data in zip(choices, datas,
-                                                                                               strict=True)]
+    datas = tuple(encode_choice(choice_id) for choice_id, _ in choices)
+    rows = [[InlineKeyboardButton(label[:64], callback_data=data)] for (_, label), data in zip(choices, datas,
+                                                                                              strict=True)]
     return InlineKeyboardMarkup(rows), datas
 
 
