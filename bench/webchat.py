@@ -11,22 +11,17 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
 
+# Run as `python bench/webchat.py`, so bench/ is on sys.path.
+from loadgen import closed_loop, free_port, open_loop
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_server(data_dir: str, port: int) -> asyncio.subprocess.Process:
@@ -44,60 +39,17 @@ async def start_server(data_dir: str, port: int) -> asyncio.subprocess.Process:
     raise SystemExit("server did not start")
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-async def open_loop(http: aiohttp.ClientSession, rate: int, seconds: float, make_request) -> dict[str, float]:
-    """Fixed offered load: one request every 1/rate s, whatever the server does (no coordinated omission)."""
-    latencies: list[float] = []
-    errors = 0
-    tasks = []
-
-    async def one(i: int, scheduled: float) -> None:
-        nonlocal errors
+def sender(http: aiohttp.ClientSession, make_request):
+    async def send(i: int) -> bool:
+        method, url, body = make_request(i)
         try:
-            method, url, body = make_request(i)
             async with http.request(method, url, json=body) as r:
                 await r.read()
-                if r.status >= 400:
-                    errors += 1
+                return r.status < 400
         except aiohttp.ClientError:
-            errors += 1
-        latencies.append(time.perf_counter() - scheduled)
+            return False
 
-    start = time.perf_counter()
-    total = int(rate * seconds)
-    for i in range(total):
-        scheduled = start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, scheduled)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
-    return {"offered": rate, "achieved": total / elapsed, "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99),
-            "errors": errors}
-
-
-async def closed_loop(http: aiohttp.ClientSession, workers: int, seconds: float, make_request) -> float:
-    done = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def worker(w: int) -> None:
-        nonlocal done
-        i = w
-        while time.perf_counter() < stop_at:
-            method, url, body = make_request(i)
-            async with http.request(method, url, json=body) as r:
-                await r.read()
-            done += 1
-            i += workers
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(workers)))
-    return done / (time.perf_counter() - started)
+    return send
 
 
 async def main() -> None:
@@ -134,13 +86,13 @@ async def main() -> None:
                 print(f"{'target':<10}{'offered/s':>10}{'achieved/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
                 for rate in [int(r) for r in args.rates.split(",")]:
                     for name, make in (("healthz", health), ("step", step)):
-                        runs = [await open_loop(http, rate, args.seconds, make) for _ in range(args.repeats)]
+                        runs = [await open_loop(rate, args.seconds, sender(http, make)) for _ in range(args.repeats)]
                         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                         print(f"{name:<10}{rate:>10}{med['achieved']:>12.0f}{med['p50']:>9.1f}{med['p99']:>9.1f}"
                               f"{med['errors']:>8.0f}")
                 peaks = {}
                 for name, make in (("healthz", health), ("step", step)):
-                    peaks[name] = statistics.median([await closed_loop(http, 32, args.seconds, make)
+                    peaks[name] = statistics.median([await closed_loop(32, args.seconds, sender(http, make))
                                                      for _ in range(args.repeats)])
                 print(f"closed loop, 32 in flight: healthz {peaks['healthz']:.0f}/s, step {peaks['step']:.0f}/s, "
                       f"step/healthz = {peaks['step'] / peaks['healthz']:.2f}")

@@ -20,7 +20,6 @@ import hashlib
 import os
 import random
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -31,19 +30,15 @@ from typing import Any
 
 import aiohttp
 
+# Run as `python bench/wechat_webhook.py`, so bench/ is on sys.path.
+from loadgen import closed_loop, free_port, open_loop
+
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
 APP_ID = "wx-bench-app"
 AES_KEY = base64.b64encode(bytes(range(32))).decode().rstrip("=")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# --- the server process -------------------------------------------------------------------------------------
 async def serve(port: int, data_dir: str, safe: bool) -> None:
     sys.path.insert(0, str(ROOT))
     from aiohttp import web
@@ -121,63 +116,21 @@ class Requests:
         return self.url, params, body.encode()
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+def sender(http: aiohttp.ClientSession, make: Callable[[int], tuple[str, dict[str, str], bytes]],
+           *, prepare: int = 0) -> Callable[[int], Any]:
+    # Open-loop requests are built ahead, so building them does not eat into the schedule.
+    prepared = [make(i) for i in range(prepare)]
 
-
-async def open_loop(http: aiohttp.ClientSession, rate: int, seconds: float,
-                    make: Callable[[int], tuple[str, dict[str, str], bytes]]) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
-    tasks = []
-    # Requests are built ahead so building them does not eat into the schedule.
-    total = int(rate * seconds)
-    prepared = [make(i) for i in range(total)]
-
-    async def one(i: int, scheduled: float) -> None:
-        nonlocal errors
-        url, params, body = prepared[i]
+    async def send(i: int) -> bool:
+        url, params, body = prepared[i] if i < len(prepared) else make(i)
         try:
             async with http.post(url, params=params, data=body) as r:
                 await r.read()
-                if r.status != 200:
-                    errors += 1
+                return r.status == 200
         except aiohttp.ClientError:
-            errors += 1
-        latencies.append(time.perf_counter() - scheduled)
+            return False
 
-    start = time.perf_counter()
-    for i in range(total):
-        scheduled = start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, scheduled)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
-    return {"offered": rate, "achieved": total / elapsed, "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99),
-            "errors": errors}
-
-
-async def closed_loop(http: aiohttp.ClientSession, workers: int, seconds: float,
-                      make: Callable[[int], tuple[str, dict[str, str], bytes]]) -> float:
-    done = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def worker(w: int) -> None:
-        nonlocal done
-        i = w
-        while time.perf_counter() < stop_at:
-            url, params, body = make(i)
-            async with http.post(url, params=params, data=body) as r:
-                await r.read()
-            done += 1
-            i += workers
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(workers)))
-    return done / (time.perf_counter() - started)
+    return send
 
 
 async def run_mode(safe: bool, rates: list[int], args: argparse.Namespace) -> None:
@@ -192,11 +145,12 @@ async def run_mode(safe: bool, rates: list[int], args: argparse.Namespace) -> No
                     await asyncio.gather(*(_post(http, make(i)) for i in range(start, min(args.users, start + 100))))
                 mode = "safe (AES)" if safe else "plaintext"
                 for rate in rates:
-                    runs = [await open_loop(http, rate, args.seconds, make) for _ in range(args.repeats)]
+                    runs = [await open_loop(rate, args.seconds, sender(http, make, prepare=int(rate * args.seconds)))
+                            for _ in range(args.repeats)]
                     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                     print(f"{mode:<12}{rate:>10}{med['achieved']:>12.0f}{med['p50']:>9.1f}{med['p99']:>9.1f}"
                           f"{med['errors']:>8.0f}", flush=True)
-                peak = await closed_loop(http, 64, args.seconds, make)
+                peak = await closed_loop(64, args.seconds, sender(http, make))
                 print(f"{mode:<12}{'closed/64':>10}{peak:>12.0f}", flush=True)
         finally:
             proc.send_signal(signal.SIGTERM)
