@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -680,3 +681,34 @@ async def test_a_send_cut_short_by_a_crash_is_redelivered_after_restart(tmp_path
 
 async def _never_claims(_row_id: int) -> bool:
     return False
+
+
+async def test_plan_date_from_the_calendar(srv: TgServer) -> None:
+    user = TgUser(srv, 7077)
+    person = await demo(srv, "fresh")
+    await user.say("/start")
+    await user.click("plan")
+    await user.click("agree")
+    shown = await user.share_contact(person["phone"])
+    calendar = shown[-1]
+    days = [d for d in inline_ids(calendar) if d.startswith("date:")]
+    assert days and "menu" in inline_ids(calendar), inline_ids(calendar)
+    # Every day offered is one the plan accepts: from today to a year ahead.
+    assert min(days) >= "date:" + (datetime.now(UTC) + timedelta(hours=8)).date().isoformat()
+    message_id, buttons = user.keyboard_message(days[0])
+    # Next month: the calendar is redrawn in place, and no conversation step runs.
+    nav = next(b for b in buttons if b.startswith("month:"))
+    steps_before = len(await srv.rows(InboxItem))
+    await user.send(tg.callback(user.chat_id, nav, message_id=message_id, buttons=buttons))
+    await user.fake.wait_for(lambda: user.fake.called("editMessageReplyMarkup", ok=True))
+    edited = user.fake.called("editMessageReplyMarkup", ok=True)[-1].params["reply_markup"]
+    next_days = [b["callback_data"] for row in edited["inline_keyboard"] for b in row
+                 if b["callback_data"].startswith("date:")]
+    assert next_days and next_days[0][5:12] == nav[6:13]
+    assert any(b["callback_data"] == "menu" for row in edited["inline_keyboard"] for b in row)
+    assert len(await srv.rows(InboxItem)) == steps_before  # moving the calendar is not a conversation step
+    picked = next_days[3]
+    result = await user.send(tg.callback(user.chat_id, picked, message_id=message_id,
+                                         buttons=[b["callback_data"] for row in edited["inline_keyboard"]
+                                                  for b in row]))
+    assert f"注销计划：{picked[5:]}" in texts(result), texts(result)

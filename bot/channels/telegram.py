@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Literal
 
 from aiohttp import web
@@ -38,7 +39,19 @@ from telegram import (
 from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.request import BaseRequest
 
-from bot.channels.telegram_render import Outgoing, bot_commands, offered_ids, render_batch, resolve_choice, say
+from bot.channels.telegram_render import (
+    DATE_PREFIX,
+    MONTH_PREFIX,
+    NOOP,
+    Outgoing,
+    beijing_today,
+    bot_commands,
+    calendar_keyboard,
+    offered_ids,
+    render_batch,
+    resolve_choice,
+    say,
+)
 from bot.channels.telegram_request import AiohttpRequest
 from bot.channels.telegram_send import CHANNEL, LeanBot, Limits, OutboxPump, Sender, Undeliverable, retry_after
 from bot.dispatch import Incoming, pick_lang
@@ -157,6 +170,10 @@ def _media_kind(message: Message) -> str | None:
     return None
 
 
+def _is_calendar(data: str) -> bool:
+    return data == NOOP or data.startswith((DATE_PREFIX, MONTH_PREFIX))
+
+
 def plan(update: Update) -> Plan:
     if update.callback_query is not None:
         cq = update.callback_query
@@ -231,6 +248,8 @@ class TelegramChannel:
     _group_notice_at: dict[int, float] = field(default_factory=dict)
     # callback query id -> the buttons of the message it came from (read from the raw update, see parse()).
     _pressed_on: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # callback query id -> the non-calendar rows of a calendar being moved a month (text, data).
+    _calendar_extra: dict[str, list[list[tuple[str, str]]]] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _loops: list[asyncio.Task[Any]] = field(default_factory=list)
     requests: list[BaseRequest] = field(default_factory=list)
@@ -340,6 +359,14 @@ class TelegramChannel:
             self._pressed_on[press["id"]] = buttons
             while len(self._pressed_on) > 10000:
                 self._pressed_on.pop(next(iter(self._pressed_on)))
+            if str(press.get("data", "")).startswith(MONTH_PREFIX):
+                self._calendar_extra[press["id"]] = [
+                    [(str(b.get("text", "")), str(b["callback_data"])) for b in row]
+                    for row in rows or () if isinstance(row, list) and row
+                    and all(isinstance(b, dict) and b.get("callback_data") for b in row)
+                    and not any(_is_calendar(str(b["callback_data"])) for b in row)]
+                while len(self._calendar_extra) > 1000:
+                    self._calendar_extra.pop(next(iter(self._calendar_extra)))
         stripped = {key: value for key, value in message.items() if key != "reply_markup"}
         return {**data, "callback_query": {**press, "message": stripped}}
 
@@ -424,6 +451,22 @@ class TelegramChannel:
         await self.sender.answer_callback(callback_id, text)
         return None
 
+    async def _calendar_move(self, cq: Any, p: Plan, inline: bool) -> dict[str, Any] | None:
+        """A calendar's ‹ › or blank key: redraw that month where it is; no conversation step runs."""
+        data = str(cq.data)
+        extra = self._calendar_extra.pop(cq.id, [])
+        if data.startswith(MONTH_PREFIX) and isinstance(cq.message, Message):
+            try:
+                month = date.fromisoformat(data[len(MONTH_PREFIX):] + "-01")
+            except ValueError:
+                month = None
+            if month is not None:
+                lang = await self._user_lang(p.chat_id, p.lang_hint)
+                rows = [[InlineKeyboardButton(text, callback_data=cb) for text, cb in row] for row in extra]
+                markup = calendar_keyboard(month, beijing_today(), self.rt.catalog, lang, rows)
+                self._spawn(self.sender.edit_markup(p.chat_id, cq.message.message_id, markup))
+        return await self._answer(cq.id, None, inline)
+
     async def _dispatch(self, update: Update, p: Plan, inline: bool) -> dict[str, Any] | None:
         expired = False
         edit_id: int | None = None
@@ -431,6 +474,13 @@ class TelegramChannel:
         event = p.event
         cq = p.callback
         lang: str | None = None
+        if cq is not None and cq.data and (cq.data == NOOP or cq.data.startswith(MONTH_PREFIX)):
+            return await self._calendar_move(cq, p, inline)
+        if cq is not None and cq.data and cq.data.startswith(DATE_PREFIX):
+            # A day picked on the plan's calendar is the date typed; the dialog validates it like any text.
+            event = Event("text", text=cq.data[len(DATE_PREFIX):])
+            answer = asyncio.create_task(self._answer(cq.id, None, inline))
+            cq = None
         if cq is not None:
             choice, lang = await self._resolve_callback(p.chat_id, cq.data)
             if choice is None:

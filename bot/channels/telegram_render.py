@@ -10,6 +10,7 @@ import base64
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -146,6 +147,53 @@ def _inline_keyboard(choices: tuple[tuple[str, str], ...]) -> tuple[InlineKeyboa
     return FixedInlineKeyboard(rows), datas
 
 
+DATE_PREFIX = "date:"
+MONTH_PREFIX = "month:"
+NOOP = "noop"
+BEIJING = timedelta(hours=8)
+
+
+def beijing_today() -> date:
+    return (datetime.now(UTC) + BEIJING).date()
+
+
+def calendar_rows(month: date, today: date, catalog: Catalog, lang: str) -> list[list[InlineKeyboardButton]]:
+    """A month of day buttons (`date:YYYY-MM-DD`) with ‹ › to move; days the plan cannot take are blank.
+
+    The plan accepts today up to a year ahead (dialogs/dates.py); the dialog checks again whatever arrives."""
+    first = month.replace(day=1)
+    last_allowed = today + timedelta(days=366)
+    prev_month = (first - timedelta(days=1)).replace(day=1)
+    next_month = (first + timedelta(days=32)).replace(day=1)
+    rows = [[InlineKeyboardButton("‹" if prev_month >= today.replace(day=1) else " ",
+                                  callback_data=f"{MONTH_PREFIX}{prev_month:%Y-%m}"
+                                  if prev_month >= today.replace(day=1) else NOOP),
+             InlineKeyboardButton(f"{first:%Y-%m}", callback_data=NOOP),
+             InlineKeyboardButton("›" if next_month <= last_allowed else " ",
+                                  callback_data=f"{MONTH_PREFIX}{next_month:%Y-%m}"
+                                  if next_month <= last_allowed else NOOP)]]
+    rows.append([InlineKeyboardButton(day, callback_data=NOOP)
+                 for day in say(catalog, "tg.weekdays", lang).split()])
+    week: list[InlineKeyboardButton] = [InlineKeyboardButton(" ", callback_data=NOOP)] * first.weekday()
+    day = first
+    while day.month == first.month:
+        usable = today <= day <= last_allowed
+        week.append(InlineKeyboardButton(str(day.day) if usable else "·",
+                                         callback_data=f"{DATE_PREFIX}{day.isoformat()}" if usable else NOOP))
+        if len(week) == 7:
+            rows.append(week)
+            week = []
+        day += timedelta(days=1)
+    if week:
+        rows.append(week + [InlineKeyboardButton(" ", callback_data=NOOP)] * (7 - len(week)))
+    return rows
+
+
+def calendar_keyboard(month: date, today: date, catalog: Catalog, lang: str,
+                      extra: Sequence[Sequence[InlineKeyboardButton]] = ()) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([*calendar_rows(month, today, catalog, lang), *extra])
+
+
 def render_payload(payload: Mapping[str, Any], catalog: Catalog, lang: str) -> list[Outgoing]:
     """One reply payload as one or more messages; the keyboard rides on the last part."""
     text = str(payload.get("text") or "")
@@ -164,6 +212,11 @@ def render_payload(payload: Mapping[str, Any], catalog: Catalog, lang: str) -> l
         rows.extend([KeyboardButton(str(c["label"]))] for c in choices)
         markup = ReplyKeyboardMarkup(rows, resize_keyboard=True, one_time_keyboard=True)
         reply_keyboard = True
+    elif payload.get("date_picker"):
+        choice_markup, buttons = inline_keyboard(choices) if choices else (None, ())
+        today = beijing_today()
+        markup = calendar_keyboard(today, today, catalog, lang,
+                                   choice_markup.inline_keyboard if choice_markup is not None else ())
     elif choices:
         markup, buttons = inline_keyboard(choices)
     out = [Outgoing(part, seq=seq) for part in parts[:-1]]

@@ -236,6 +236,15 @@ class Sender:
                 raise
             return None
 
+    async def edit_markup(self, chat_id: int, message_id: int, markup: InlineKeyboardMarkup) -> None:
+        """Redraws a keyboard where it is (the plan's calendar moving a month); failures leave the old one."""
+        data: dict[str, Any] = {"chat_id": chat_id, "message_id": message_id, "reply_markup": markup}
+        try:
+            await self.call(self.lane(chat_id), lambda: self.bot.send_raw("editMessageReplyMarkup", data,
+                                                                          self.limits.api_timeout), push=False)
+        except Undeliverable as exc:
+            log.info("keyboard edit failed", extra={"reason": exc.reason})
+
     async def answer_callback(self, callback_id: str, text: str | None = None) -> None:
         """Stops the button's spinner. Not a chat message, so unpaced; failures only cost the spinner."""
         data: dict[str, Any] = {"callback_query_id": callback_id, "text": text}

@@ -324,6 +324,20 @@ class FakeBotApi:
         self.messages[key] = message
         return message
 
+    async def _m_editMessageReplyMarkup(self, params: dict[str, Any]) -> Any:
+        key = (int(params["chat_id"]), int(params["message_id"]))
+        message = self.messages.get(key)
+        if message is None:
+            return self._error("editMessageReplyMarkup", params, 400, "Bad Request: message to edit not found")
+        markup = params.get("reply_markup")
+        if message.get("reply_markup") == markup:
+            return self._error("editMessageReplyMarkup", params, 400, "Bad Request: message is not modified")
+        message = {**message, "edit_date": int(time.time())}
+        if isinstance(markup, dict):
+            message["reply_markup"] = markup
+        self.messages[key] = message
+        return message
+
     async def _m_getUpdates(self, params: dict[str, Any]) -> Any:
         offset = params.get("offset")
         if isinstance(offset, int):
