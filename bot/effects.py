@@ -6,7 +6,7 @@ A failing outside system becomes a result with a reason, never an exception into
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -63,7 +63,7 @@ class EffectRunner:
             return None
         return Event("result", effect=effect.kind, result=result, now=ctx.now)
 
-    def _sms_text(self, lang: str):  # type: ignore[no-untyped-def]
+    def _sms_text(self, lang: str) -> Callable[[str, int], str]:
         catalog = self.rt.catalog
 
         def render(code: str, ttl_minutes: int) -> str:

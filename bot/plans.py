@@ -11,7 +11,7 @@ import logging
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import col, select
+from sqlmodel import col, delete, select
 
 from bot.jobs import JobOutcome, JobScheduler
 from bot.storage import Job, Plan, PlanItem, User, Verification
@@ -163,9 +163,10 @@ class PlanService:
             plan = (await session.exec(select(Plan).where(Plan.user_id == user_id, Plan.status == "active"))).first()
             if plan is None:
                 return False
-            plan.status = "cancelled"
-            session.add(plan)
+            # A cancelled plan is no longer needed, and it holds the sealed number: delete it outright.
             await self.rt.jobs.cancel(f"plan:{plan.id}:", session)
+            await session.exec(delete(PlanItem).where(col(PlanItem.plan_id) == plan.id))
+            await session.delete(plan)
             await session.commit()
         return True
 
