@@ -25,9 +25,9 @@ from bot.storage import (
     User,
     Verification,
 )
-from dialogs.masking import mask_id_number, mask_name, mask_phone
 from dialogs.model import Effect, Event, Msg
 from dialogs.tenure import before_tenure, eligible_platforms
+from domain.masking import mask_id_number, mask_name, mask_phone
 from integrations.registry import RegistryError, RegistryUnavailable
 
 if TYPE_CHECKING:

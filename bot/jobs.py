@@ -24,7 +24,7 @@ from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bot.storage import Database, Job, sqlite_time, utcnow
-from dialogs.masking import scrub
+from domain.masking import scrub
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from bot.config import Settings
 from bot.storage import Database, OtpChallenge, Verification
 from bot.vault import Vault
-from dialogs.masking import mask_phone
+from domain.masking import mask_phone
 from integrations.sms.base import SmsError, SmsGateway
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import aiohttp
 
+from domain.masking import mask_phone
+
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Registry-Signature"
@@ -128,13 +130,6 @@ class Tag:
     since: str
     phone_masked: str
     created_at: datetime | None
-
-
-def mask_phone(phone: str) -> str:
-    """`13800138000` -> `138****8000`; anything that is not 11 digits is masked whole."""
-    if len(phone) == 11 and phone.isdigit():
-        return f"{phone[:3]}****{phone[-4:]}"
-    return "*" * len(phone)
 
 
 def sign_callback(secret: str, body: bytes, timestamp: int) -> str:

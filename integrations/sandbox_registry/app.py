@@ -23,7 +23,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from integrations.registry import SIGNATURE_HEADER, mask_phone, sign_callback
+from domain.masking import mask_phone
+from integrations.registry import SIGNATURE_HEADER, sign_callback
 from integrations.sandbox_registry.platforms import PLATFORMS
 from integrations.sandbox_registry.store import DEMO_KINDS, CreateOutcome, DemoKind, DueCallback, RegistryStore
 

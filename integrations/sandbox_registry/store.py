@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from integrations.registry import mask_phone
+from domain.masking import mask_phone
 from integrations.sandbox_registry.platforms import UNBIND_SUPPORTED
 from integrations.sandbox_registry.population import ensure_population
 from integrations.sandbox_registry.rules import ActiveBinding, item_outcome, phase_at, plan_unbind, tenure_cutoff

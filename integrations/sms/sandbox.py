@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from dialogs.masking import mask_phone
+from domain.masking import mask_phone
 from integrations.sms.base import SmsError
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import aiohttp
 from yarl import URL
 
-from dialogs.masking import mask_phone, scrub
+from domain.masking import mask_phone, scrub
 from integrations.sms.base import SmsError
 
 logger = logging.getLogger(__name__)
