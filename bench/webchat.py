@@ -25,7 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def start_server(data_dir: str, port: int) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PORT": str(port), "DATA_DIR": data_dir, "SECRET_KEY": "bench", "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "PORT": str(port), "DATA_DIR": data_dir, "SECRET_KEY": "bench", "LOG_LEVEL": "WARNING",
+           # One load generator on loopback stands for many users: lift the per-address limits.
+           "WEB_SESSIONS_PER_MINUTE": "1000000", "WEB_SESSIONS_PER_HOUR": "1000000",
+           "MAX_CONNECTIONS_PER_ADDRESS": "100000"}
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", cwd=ROOT, env=env,
                                                 stdout=asyncio.subprocess.DEVNULL)
     async with aiohttp.ClientSession() as http:

@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 import unicodedata
-from dataclasses import dataclass
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
-from sqlmodel import col
+from sqlalchemy import text
 
-from bot.effects import EffectContext
-from bot.step_store import Begin, UserRef
-from bot.storage import OutboxMessage, User
+from bot import metrics
+from bot.effects import EffectContext, EffectRunner
+from bot.step_store import RESERVE_PUSH_SEQ, Begin, StepStore, UserRef
+from bot.storage import Conversation, OutboxMessage, User, utcnow
 from dialogs import machine
-from dialogs.model import DEFAULT_LANG, LANGS, Event, Reply
+from dialogs.intents import IntentModel
+from dialogs.model import DEFAULT_LANG, LANGS, Event, Msg, Reply
 
 if TYPE_CHECKING:
-    from bot.runtime import Runtime
+    from bot.config import Settings
+    from bot.i18n import Catalog
+    from bot.locks import KeyedLocks
+    from bot.storage import Database
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +47,17 @@ class Incoming:
     # The channel's delivery id (update_id, MsgId, web chat message id); None disables dedupe.
     dedupe_key: str | None = None
     lang_hint: str | None = None
+    # Who the limits count (invariant 8): the web chat's address; empty means the channel's own user id.
+    client: str = ""
 
 
-def rendered(reply: Reply, lang: str, catalog: Any) -> dict[str, Any]:
+def rendered(reply: Reply, lang: str, catalog: Any, *, no_push: bool = False) -> dict[str, Any]:
+    msg = reply.msg
+    if no_push and f"{msg.key}.no_push" in catalog.messages.get(lang, {}):
+        # A channel that cannot push (an unverified WeChat account) must not be told "we will notify you".
+        msg = Msg(f"{msg.key}.no_push", msg.params)
     out: dict[str, Any] = {
-        "text": catalog.render(reply.msg, lang),
+        "text": catalog.render(msg, lang),
         "choices": [{"id": c.id, "label": catalog.render(c.label, lang)} for c in reply.choices],
     }
     if reply.error:
@@ -52,7 +66,20 @@ def rendered(reply: Reply, lang: str, catalog: Any) -> dict[str, Any]:
         out["request_contact"] = True
     if reply.date_picker:
         out["date_picker"] = True
+    if not reply.numbered:
+        out["numbered"] = False
+    if reply.expects:
+        out["expects"] = reply.expects
+    out["lang"] = lang  # the web chat's own words (header, placeholder) follow the conversation's language
     return out
+
+
+def _die_for_fault_injection(kind: str) -> None:
+    """Crash-injection for the exactly-once tests: the process dies after the effect ran and before the step
+    commits, as a power cut would. Only ever set by tests (FAULT_AFTER_EFFECT)."""
+    log.warning("fault injection: dying after effect", extra={"effect": kind})
+    logging.shutdown()
+    os._exit(70)
 
 
 def pick_lang(hint: str | None) -> str:
@@ -64,11 +91,18 @@ def pick_lang(hint: str | None) -> str:
 class Dispatcher:
     MAX_CACHED_USERS = 100_000
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, *, steps: StepStore, locks: KeyedLocks, db: Database, effects: EffectRunner,
+                 catalog: Catalog, settings: Settings) -> None:
+        # What a step needs, and nothing else: the dispatcher is testable without the whole server.
+        self.steps, self.locks, self.db, self.effects = steps, locks, db, effects
+        self.catalog, self.settings = catalog, settings
         # (channel, external id) -> user; user rows are never deleted (/forget keeps the bare row), so this
         # cache cannot go stale in a way that matters.
         self._users: dict[tuple[str, str], UserRef] = {}
+        # Channels that cannot send a message the user did not ask for; their replies use `.no_push` wording.
+        self.no_push_channels: set[str] = set()
+        # Typed intent: phrase lists from both catalogs, so a user can type either language in either setting.
+        self.intents = IntentModel.from_catalog(catalog.messages)
 
     async def user_for(self, channel: str, external_id: str, lang_hint: str | None = None, *,
                        create: bool = True) -> UserRef | None:
@@ -76,34 +110,55 @@ class Dispatcher:
         cached = self._users.get(key)
         if cached is not None:
             return cached
-        user = await self.rt.steps.resolve_user(channel, external_id, pick_lang(lang_hint), create)
+        user = await self.steps.resolve_user(channel, external_id, pick_lang(lang_hint), create)
         if user is not None:
             if len(self._users) >= self.MAX_CACHED_USERS:
                 self._users.clear()
             self._users[key] = user
         return user
 
+    def forget_cached(self, channel: str, external_id: str) -> None:
+        """Drops a cached identity whose row was revoked or purged (a web session ended, retention)."""
+        self._users.pop((channel, external_id), None)
+
     async def handle(self, incoming: Incoming) -> list[dict[str, Any]]:
-        user = await self.user_for(incoming.channel, incoming.external_id, incoming.lang_hint)
-        assert user is not None
-        async with self.rt.locks.hold(user.id), self.rt.db.user_lock(user.id):
-            begin = await self.rt.steps.begin(user.id, incoming.channel, incoming.dedupe_key, user.lang)
-            if begin.answer is not None:
-                return begin.answer
-            return await self._step(user, incoming, begin)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            user = await self.user_for(incoming.channel, incoming.external_id, incoming.lang_hint)
+            assert user is not None
+            async with self.locks.hold(user.id), self.db.user_lock(user.id):
+                begin = await self.steps.begin(user.id, incoming.channel, incoming.dedupe_key, user.lang)
+                if begin.answer is not None:
+                    outcome = "replayed"
+                    return begin.answer
+                payloads = await self._step(user, incoming, begin)
+                outcome = "step"
+                return payloads
+        finally:
+            metrics.UPDATES.labels(incoming.channel, outcome).inc()
+            metrics.STEP_SECONDS.labels(incoming.channel).observe(time.perf_counter() - started)
 
     async def _step(self, user: UserRef, incoming: Incoming, begin: Begin) -> list[dict[str, Any]]:
         state, data = begin.state, json.loads(begin.data)
         event = self._as_choice(incoming.event, data)
         replies: list[Reply] = []
-        for _round in range(MAX_EFFECT_ROUNDS):
-            result = machine.step(state, data, event)
+        # Whatever an effect creates is keyed by the delivery it serves, so a replay of this step (after a crash
+        # between the effect and the commit below, or a channel's retry) gets the first outcome back instead of
+        # acting again. Without an inbox row the delivery cannot come back, so a fresh key is as good.
+        delivery = f"{incoming.channel}:{begin.inbox_id}" if begin.inbox_id is not None else uuid.uuid4().hex
+        for round_no in range(MAX_EFFECT_ROUNDS):
+            result = machine.step(state, data, event, self.intents)
             state, data = result.state, dict(result.data)
             replies.extend(result.replies)
             follow: Event | None = None
-            for effect in result.effects:
-                effects_ctx = EffectContext(user_id=user.id, lang=str(data.get("lang", user.lang)), now=event.now)
-                outcome = await self.rt.effects.run(effect, effects_ctx)
+            for index, effect in enumerate(result.effects):
+                effects_ctx = EffectContext(user_id=user.id, lang=str(data.get("lang", user.lang)), now=event.now,
+                                            delivery_key=f"{delivery}:{round_no}:{index}",
+                                            client=incoming.client or f"{incoming.channel}:{incoming.external_id}")
+                outcome = await self.effects.run(effect, effects_ctx)
+                if self.settings.fault_after_effect == effect.kind:
+                    _die_for_fault_injection(effect.kind)
                 if outcome is not None:
                     follow = outcome
             if follow is None:
@@ -115,9 +170,18 @@ class Dispatcher:
             data["_offered"] = [[c.id, c.label.key] for c in offered.choices]
         else:
             data.pop("_offered", None)
-        payloads = [rendered(r, lang, self.rt.catalog) for r in replies]
-        await self.rt.steps.commit(user.id, begin.version, state, json.dumps(data, ensure_ascii=False), payloads,
+        no_push = incoming.channel in self.no_push_channels
+        payloads = [rendered(r, lang, self.catalog, no_push=no_push) for r in replies]
+        # A reply with a `kept` form (the user's letter with their full number) is delivered as is but stored only
+        # in that form: the outbox and the inbox answer never hold the full number.
+        kept = payloads if not any(r.kept for r in replies) else [
+            rendered(replace(r, msg=r.kept), lang, self.catalog, no_push=no_push) if r.kept else dict(p)
+            for r, p in zip(replies, payloads, strict=True)]
+        await self.steps.commit(user.id, begin.version, state, json.dumps(data, ensure_ascii=False), kept,
                                    begin.inbox_id, incoming.channel, lang, data.get("reminders", True) is not False)
+        if kept is not payloads:
+            for shown, stored in zip(payloads, kept, strict=True):
+                shown["seq"] = stored["seq"]
         return payloads
 
     def _as_choice(self, event: Event, data: dict[str, Any]) -> Event:
@@ -126,18 +190,17 @@ class Dispatcher:
         if event.kind != "text" or not isinstance(offered, list) or not offered:
             return event
         text = unicodedata.normalize("NFKC", event.text).strip().casefold()
-        if text.isdigit() and len(text) <= 2 and 1 <= int(text) <= len(offered):
-            return Event("choice", choice=str(offered[int(text) - 1][0]), now=event.now)
+        # Typed numbers are the machine's to read (dialogs/understand.py): only it knows what the user saw numbered.
         for choice_id, label_key in offered:
             for lang in LANGS:
-                label = self.rt.catalog.messages.get(lang, {}).get(str(label_key), "")
+                label = self.catalog.messages.get(lang, {}).get(str(label_key), "")
                 if label and unicodedata.normalize("NFKC", label).strip().casefold() == text:
                     return Event("choice", choice=str(choice_id), now=event.now)
         return event
 
     async def push(self, user_id: int, replies: list[Reply], *, channel: str) -> list[dict[str, Any]]:
         """Queues messages the user did not ask for (reminders, status changes, staff replies)."""
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             payloads = await self.stage_push(session, user_id, replies, channel=channel)
             await session.commit()
         return payloads
@@ -147,12 +210,10 @@ class Dispatcher:
         """Adds pushed messages to `session` without committing, so they land atomically with other writes."""
         user = await session.get(User, user_id)
         assert user is not None
-        payloads = [rendered(r, user.lang, self.rt.catalog) for r in replies]
+        payloads = [rendered(r, user.lang, self.catalog) for r in replies]
         # Atomic, so a reminder and a reply for the same user can never take the same sequence number.
         connection = await session.connection()
-        reserved = await connection.execute(update(User).where(col(User.id) == user_id)
-                                           .values(next_seq=User.next_seq + len(payloads))
-                                           .returning(col(User.next_seq)))
+        reserved = await connection.execute(text(RESERVE_PUSH_SEQ), {"count": len(payloads), "user_id": user_id})
         seq = int(reserved.scalar_one()) - len(payloads)
         for offset, payload in enumerate(payloads):
             payload["seq"] = seq + offset
@@ -161,4 +222,35 @@ class Dispatcher:
                                       payload=json.dumps(payload, ensure_ascii=False),
                                       status="sent" if channel == "web" else "pending"))
         return payloads
+
+    # --- staff handoff (issue 13): events from outside the user's own messages ---
+    async def nudge(self, user_id: int, event: Event, *, only_in: frozenset[str],
+                    stage: Callable[[Any], Awaitable[bool]] | None = None) -> bool:
+        """Runs `event` (a staff action) through the user's conversation, and commits the new state, the replies
+        as pushed messages and whatever `stage` writes in one transaction, under the user's lock.
+
+        Nothing happens, and False comes back, when the user is not in one of `only_in` or `stage` declines."""
+        async with self.locks.hold(user_id), self.db.user_lock(user_id):
+            async with self.db.session() as session:
+                conv = await session.get(Conversation, user_id)
+                user = await session.get(User, user_id)
+                if conv is None or user is None or conv.state not in only_in:
+                    return False
+                result = machine.step(conv.state, json.loads(conv.data), event)
+                data = dict(result.data)
+                offered = next((r for r in reversed(result.replies) if r.choices), None)
+                if offered is not None:
+                    data["_offered"] = [[c.id, c.label.key] for c in offered.choices]
+                else:
+                    data.pop("_offered", None)
+                if stage is not None and not await stage(session):
+                    await session.rollback()
+                    return False
+                conv.state, conv.data = result.state, json.dumps(data, ensure_ascii=False)
+                conv.version += 1
+                conv.updated_at = utcnow()
+                session.add(conv)
+                await self.stage_push(session, user_id, list(result.replies), channel=user.channel)
+                await session.commit()
+        return True
 

@@ -5,28 +5,32 @@ A failing outside system becomes a result with a reason, never an exception into
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlmodel import col, delete, func, select
-
+from bot import escalation
+from bot.abuse import Rule, realname_rule
+from bot.people import forget_user, record_tag, tags_for
 from bot.storage import (
     ConsentRecord,
-    OtpChallenge,
+    EffectOutcome,
     PendingRealName,
-    Plan,
-    PlanItem,
     RealNameCheck,
-    UnbindRequestRow,
-    UsageEvent,
     User,
     Verification,
 )
+from dialogs import escalation as escalation_rules
 from dialogs.model import Effect, Event, Msg
 from dialogs.tenure import before_tenure, eligible_platforms
+from domain import beijing
 from domain.masking import mask_id_number, mask_name, mask_phone
 from integrations.registry import RegistryError, RegistryUnavailable
 
@@ -35,12 +39,53 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# --- channels: per-channel registry budget ---
+# A channel's cap on one registry read inside a step (WeChat: the step must end within the 5 s passive reply),
+# set by the channel around Dispatcher.handle; past it the read counts as unavailable. None: the client's timeout.
+REGISTRY_READ_BUDGET: ContextVar[float | None] = ContextVar("registry_read_budget", default=None)
+# Reads only: a write (unbind.create, tag.create) cut off half-way could leave the registry and us disagreeing.
+BUDGETED_READS = frozenset({"registry.lookup", "unbind.options", "recycle.check", "tag.lookup"})
+
 
 @dataclass(frozen=True)
 class EffectContext:
     user_id: int
     lang: str
     now: datetime
+    # Unique per (delivery, effect round, effect index) and the same when that delivery is replayed: whatever the
+    # effect creates carries it (or a key derived from it) under a unique constraint, so it acts once.
+    delivery_key: str = ""
+    # The client the abuse limits count (bot/abuse.py): "web:ADDRESS", or the channel and its user id.
+    client: str = ""
+
+
+# Effects that change something: their outcome is kept under the delivery's key, so a step replayed after a crash
+# (between the effect and the step's commit) is answered with the first outcome instead of acting again. The
+# ones that reach outside also carry a key the far side deduplicates on (SMS, unbind requests, tags), which
+# covers the instant between the action and this record. Reads are simply run again.
+ACTING = frozenset({"consent.record", "otp.send", "otp.resend", "otp.check", "contact.verify", "realname.stash",
+                    "realname.check", "unbind.create", "tag.create", "recycle.check", "plan.save", "plan.mark",
+                    "plan.cancel", "settings.reminders", "data.forget"})
+
+
+Runner = Callable[[Any, Mapping[str, Any], "EffectContext"], Awaitable[dict[str, Any] | None]]
+# Effect kind -> its runner, filled by @runs as EffectRunner's body is read: the table is complete once this
+# module is imported, and nothing else can become a runner by the shape of its name.
+RUNNERS: dict[str, Runner] = {}
+
+
+RunnerT = TypeVar("RunnerT", bound=Callable[..., Awaitable[Any]])
+
+
+def runs(kind: str) -> Callable[[RunnerT], RunnerT]:
+    """Registers the decorated EffectRunner method as the runner of effects of `kind`."""
+    def register(method: RunnerT) -> RunnerT:
+        if kind in RUNNERS:
+            raise RuntimeError(f"two runners for effect {kind}")
+        RUNNERS[kind] = method
+        return method
+
+    return register
 
 
 class EffectRunner:
@@ -48,11 +93,42 @@ class EffectRunner:
         self.rt = runtime
 
     async def run(self, effect: Effect, ctx: EffectContext) -> Event | None:
-        handler = getattr(self, "_" + effect.kind.replace(".", "_"), None)
-        if handler is None:
+        runner = RUNNERS.get(effect.kind)
+        if runner is None:
             raise LookupError(f"no runner for effect {effect.kind}")
+        handler = partial(runner, self)
+        remembered = effect.kind in ACTING and bool(ctx.delivery_key)
+        if remembered:
+            async with self.rt.db.session() as session:
+                earlier = await session.get(EffectOutcome, ctx.delivery_key)
+            if earlier is not None and earlier.kind == effect.kind:
+                # This delivery ran the effect before a crash: its first outcome, not a second action.
+                log.info("effect replayed", extra={"effect": effect.kind})
+                first = json.loads(earlier.result)
+                return None if first is None else Event("result", effect=effect.kind, result=first, now=ctx.now)
+        event = await self._run(handler, effect, ctx)
+        if remembered:
+            async with self.rt.db.session() as session:
+                session.add(EffectOutcome(delivery_key=ctx.delivery_key, user_id=ctx.user_id, kind=effect.kind,
+                                          result=json.dumps(None if event is None else dict(event.result),
+                                                            ensure_ascii=False), at=ctx.now))
+                await session.commit()
+        return event
+
+    async def _run(self, handler: Any, effect: Effect, ctx: EffectContext) -> Event | None:
+        budget = REGISTRY_READ_BUDGET.get() if effect.kind in BUDGETED_READS else None
         try:
-            result = await handler(effect.args, ctx)
+            if budget is None:
+                result = await handler(effect.args, ctx)
+            else:
+                async with asyncio.timeout(budget):
+                    result = await handler(effect.args, ctx)
+        except TimeoutError:
+            if budget is None:
+                raise
+            # Only the channel's budget fires here (the client's own timeouts surface as RegistryUnavailable).
+            log.warning("registry read over the channel's budget", extra={"effect": effect.kind, "budget": budget})
+            result = {"ok": False, "reason": "unavailable"}
         except RegistryUnavailable:
             log.warning("registry unavailable", extra={"effect": effect.kind})
             result = {"ok": False, "reason": "unavailable"}
@@ -71,6 +147,7 @@ class EffectRunner:
 
         return render
 
+    @runs("consent.record")
     async def _consent_record(self, args: Mapping[str, Any], ctx: EffectContext) -> None:
         async with self.rt.db.session() as session:
             session.add(ConsentRecord(user_id=_uid(ctx), version=str(args["version"]),
@@ -78,28 +155,64 @@ class EffectRunner:
             await session.commit()
         return None
 
+    def _phone_arg(self, args: Mapping[str, Any]) -> str:
+        """A phone number passed in clear, or one the dialog holds sealed (typed earlier: issue 12)."""
+        if args.get("sealed"):
+            return self.rt.vault.reveal(str(args["sealed"]))
+        return str(args["phone"])
+
+    @runs("guide.letter")
+    async def _guide_letter(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
+        """The holder's own full number for their letter; only for this user's own verification."""
+        own = await self._own_verification(args, ctx)
+        return {"ok": own is not None, "phone": own[1] if own else ""}
+
+    @runs("phone.seal")
+    async def _phone_seal(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
+        phone = str(args["phone"])
+        return {"ok": True, "sealed": self.rt.vault.seal(phone), "masked": mask_phone(phone),
+                "then": str(args.get("then") or "")}
+
+    @runs("otp.send")
     async def _otp_send(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
-        outcome = await self.rt.otp.send(_uid(ctx), str(args["phone"]), self._sms_text(ctx.lang), ctx.now)
+        outcome = await self.rt.otp.send(_uid(ctx), self._phone_arg(args), self._sms_text(ctx.lang), ctx.now,
+                                         client=ctx.client, delivery_key=ctx.delivery_key)
         return outcome.__dict__
 
+    @runs("otp.resend")
     async def _otp_resend(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         challenge_id = args.get("challenge_id")
         if not isinstance(challenge_id, int):
             return {"ok": False, "reason": "failed"}
-        outcome = await self.rt.otp.resend(_uid(ctx), challenge_id, self._sms_text(ctx.lang), ctx.now)
+        outcome = await self.rt.otp.resend(_uid(ctx), challenge_id, self._sms_text(ctx.lang), ctx.now,
+                                           client=ctx.client, delivery_key=ctx.delivery_key)
         return outcome.__dict__
 
+    @runs("otp.check")
     async def _otp_check(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         challenge_id = args.get("challenge_id")
         if not isinstance(challenge_id, int):
             return {"ok": False, "reason": "invalid"}
         outcome = await self.rt.otp.check(_uid(ctx), challenge_id, str(args["code"]), ctx.now)
+        if outcome.ok:
+            await self._link_person(outcome.verification_id, ctx)
         return outcome.__dict__
 
+    @runs("contact.verify")
     async def _contact_verify(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         outcome = await self.rt.otp.verify_contact(_uid(ctx), str(args["phone"]), ctx.now)
+        if outcome.ok:
+            await self._link_person(outcome.verification_id, ctx)
         return outcome.__dict__
 
+    async def _link_person(self, verification_id: int, ctx: EffectContext) -> None:
+        """The verified number is the person (invariant 7): this channel identity now sees their requests."""
+        async with self.rt.db.session() as session:
+            verification = await session.get(Verification, verification_id)
+        if verification is not None and verification.user_id == _uid(ctx):
+            await self.rt.people.link(_uid(ctx), self.rt.vault.reveal(verification.phone_enc), ctx.now)
+
+    @runs("registry.lookup")
     async def _registry_lookup(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         async with self.rt.db.session() as session:
             verification = await session.get(Verification, int(args["verification_id"]))
@@ -115,9 +228,9 @@ class EffectRunner:
         _tenure_start, bindings = await registry.bindings(phone)
         platforms = {p.id: p for p in await registry.platforms()}
 
-        def item(platform: str, month: str) -> dict[str, str]:
+        def item(platform: str, month: str) -> dict[str, Any]:
             known = platforms.get(platform)
-            return {"platform": platform, "month": month,
+            return {"platform": platform, "month": month, "remote": bool(known and known.unbind_supported),
                     "name_zh": known.name_zh if known else platform, "name_en": known.name_en if known else platform}
 
         previous = [item(b.platform, b.bound_month) for b in bindings if b.tenure == "previous"]
@@ -131,6 +244,7 @@ class EffectRunner:
             "current": sorted(current, key=lambda i: i["month"]),
         }
 
+    @runs("settings.reminders")
     async def _settings_reminders(self, args: Mapping[str, Any], ctx: EffectContext) -> None:
         async with self.rt.db.session() as session:
             user = await session.get(User, _uid(ctx))
@@ -140,29 +254,11 @@ class EffectRunner:
                 await session.commit()
         return None
 
+    @runs("data.forget")
     async def _data_forget(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
-        uid = _uid(ctx)
-        async with self.rt.db.session() as session:
-            for table in (Verification, OtpChallenge, ConsentRecord, RealNameCheck, PendingRealName, UsageEvent):
-                await session.exec(delete(table).where(table.user_id == uid))  # type: ignore[arg-type]
-            for plan in (await session.exec(select(Plan).where(Plan.user_id == uid))).all():
-                await self.rt.jobs.cancel(f"plan:{plan.id}:", session)
-                await session.exec(delete(PlanItem).where(col(PlanItem.plan_id) == plan.id))
-                await session.delete(plan)
-            rows = (await session.exec(select(UnbindRequestRow).where(UnbindRequestRow.user_id == uid))).all()
-            kept = 0
-            for row in rows:
-                if row.status in ("done", "rejected", "refused"):
-                    await session.delete(row)
-                    continue
-                # Open requests run to completion, detached from the user; a queued one keeps its sealed
-                # number only until the registry has it.
-                kept += 1
-                row.user_id = None
-                row.phone_masked = ""
-                session.add(row)
-            await session.commit()
-        log.info("user data deleted", extra={"user": uid, "kept_requests": kept})
+        kept = await forget_user(self.rt, _uid(ctx))
+        if self.rt.tickets is not None:
+            await self.rt.tickets.forget(_uid(ctx))
         return {"ok": True, "kept_requests": kept}
 
     async def _own_verification(self, args: Mapping[str, Any], ctx: EffectContext) -> tuple[Verification, str] | None:
@@ -175,6 +271,7 @@ class EffectRunner:
             return None
         return verification, self.rt.vault.reveal(verification.phone_enc)
 
+    @runs("realname.stash")
     async def _realname_stash(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         name = str(args["name"])
         async with self.rt.db.session() as session:
@@ -186,28 +283,35 @@ class EffectRunner:
             await session.commit()
         return {"ok": True, "masked": mask_name(name)}
 
+    @runs("realname.check")
     async def _realname_check(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         own = await self._own_verification(args, ctx)
         if own is None:
             return {"ok": False, "reason": "unavailable"}
         verification, phone = own
         limit = self.rt.settings.realname_attempts
+        limits = self.rt.limits
+        # The lockout belongs to the number and to the ID number, not to this session (invariant 8).
+        by_number = (realname_rule("number", self.rt.settings), limits.subject("phone", verification.phone_hash))
+        by_client = (realname_rule("client", self.rt.settings), limits.subject("client", ctx.client or str(_uid(ctx))))
         async with self.rt.db.session() as session:
-            failures = int((await session.exec(select(func.count()).select_from(RealNameCheck).where(
-                RealNameCheck.verification_id == verification.id, col(RealNameCheck.matched).is_(False)))).one())
             pending = await session.get(PendingRealName, _uid(ctx))
             if pending is not None:
                 await session.delete(pending)
                 await session.commit()
-        if failures >= limit:
+        failures = await limits.counters.peek(f"{by_number[0].name}:{by_number[1]}", ctx.now)
+        if await limits.exceeded([by_number, by_client], ctx.now):
             return {"ok": False, "reason": "locked"}
         if pending is None or ctx.now - pending.created_at > timedelta(minutes=30):
             return {"ok": False, "reason": "no_match", "remaining": limit - failures}
         name = self.rt.vault.reveal(pending.name_enc)
         id_number = str(args["id_number"])
+        id_hash = self.rt.vault.keyed_hash(id_number, purpose="id")
+        by_id = (realname_rule("id", self.rt.settings), limits.subject("id", id_hash))
+        if await limits.exceeded([by_id], ctx.now):
+            return {"ok": False, "reason": "locked"}
         matched = await self.rt.registry.holder_check(phone, name, id_number)
-        check = RealNameCheck(user_id=_uid(ctx), verification_id=verification.id or 0,
-                              id_hash=self.rt.vault.keyed_hash(id_number, purpose="id"),
+        check = RealNameCheck(user_id=_uid(ctx), verification_id=verification.id or 0, id_hash=id_hash,
                               id_masked=mask_id_number(id_number), name_masked=mask_name(name), matched=matched,
                               at=ctx.now)
         async with self.rt.db.session() as session:
@@ -215,6 +319,7 @@ class EffectRunner:
             await session.commit()
         log.info("holder check", extra={"phone": verification.phone_masked, "matched": matched})
         if not matched:
+            await limits.add([by_number, by_id, by_client], ctx.now)
             remaining = limit - failures - 1
             return {"ok": False, "reason": "locked" if remaining <= 0 else "no_match", "remaining": remaining}
         info = await self.rt.registry.number_info(phone)
@@ -223,6 +328,7 @@ class EffectRunner:
         return {"ok": True, "match": True, "masked": verification.phone_masked,
                 "tenure_start": info.tenure_start.isoformat(), "check_id": check.id}
 
+    @runs("unbind.options")
     async def _unbind_options(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         own = await self._own_verification(args, ctx)
         if own is None:
@@ -242,10 +348,22 @@ class EffectRunner:
                     "name_en": known.name_en if known else b["platform"]}
 
         previous = [b for b in raw if b["tenure"] == "previous" and before_tenure(b["bound_month"], tenure_start)]
+        # What became of earlier requests for the same platforms: a rejected one is never offered again silently,
+        # and one still open is not filed twice (issue 12).
+        history: dict[str, dict[str, str]] = {}
+        for request in reversed(await self.rt.unbind.list_for(_uid(ctx))):  # oldest first: the newest wins
+            for platform in request["platforms"]:
+                history[platform["platform"]] = {"history": platform["status"],
+                                                 "reason": str(platform.get("reason", ""))}
+
+        def eligible_item(b: Mapping[str, str]) -> dict[str, str]:
+            return {**item(b), **history.get(b["platform"], {})}
+
         return {"ok": True,
-                "eligible": [item(b) for b in previous if b["platform"] in eligible],
+                "eligible": [eligible_item(b) for b in previous if b["platform"] in eligible],
                 "manual": [item(b) for b in previous if b["platform"] not in eligible]}
 
+    @runs("unbind.create")
     async def _unbind_create(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         own = await self._own_verification(args, ctx)
         if own is None:
@@ -263,16 +381,32 @@ class EffectRunner:
             platforms = requested
         if not platforms:
             return {"ok": False, "reason": "nothing_eligible"}
-        return await self.rt.unbind.create(_uid(ctx), phone, verification.phone_masked, platforms, tenure_start,
-                                           ctx.now)
+        outcome = await self.rt.unbind.create(_uid(ctx), phone, verification.phone_masked, platforms, tenure_start,
+                                              ctx.now, ctx.delivery_key)
+        if outcome.get("ok") and outcome.get("reference") and outcome.get("due"):
+            # Still open the day after its due date: the escalation ladder starts then (issue 12).
+            await escalation.schedule_overdue(self.rt, str(outcome["reference"]), str(outcome["due"]))
+        return outcome
 
+    @runs("requests.list")
     async def _requests_list(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
-        return {"ok": True, "items": await self.rt.unbind.list_for(_uid(ctx))}
+        # The person's, from any session or channel where they verified this number (invariant 7). Verified
+        # while the registry was down, this chat is not linked yet: link it now.
+        if isinstance(args.get("verification_id"), int) and await self.rt.people.of(_uid(ctx)) is None:
+            await self._link_person(int(args["verification_id"]), ctx)
+        items = escalation.with_appeals(self.rt, await self.rt.unbind.list_for(_uid(ctx)))
+        carrier = ""
+        own = await self._own_verification(args, ctx) if args.get("verification_id") else None
+        if own is not None and any(escalation_rules.needs_ladder(i, beijing.today(ctx.now)) for i in items):
+            carrier = await escalation.carrier_of(self.rt, own[1])  # rung 2 is this carrier's complaint line
+        return {"ok": True, "items": items, "tags": await tags_for(self.rt, _uid(ctx)), "carrier": carrier}
 
+    @runs("guide.list")
     async def _guide_list(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         group = self.rt.directory.by_category().get(str(args.get("category")), ())
         return {"ok": True, "platforms": [{"id": p.id, "name_zh": p.name_zh, "name_en": p.name_en} for p in group]}
 
+    @runs("guide.platform")
     async def _guide_platform(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         platform = self.rt.directory.get(str(args.get("id")))
         if platform is None:
@@ -283,40 +417,63 @@ class EffectRunner:
             "notes_zh": platform.notes_zh, "notes_en": platform.notes_en,
             "difficulty": platform.difficulty, "registry_unbind": platform.registry_unbind}}
 
+    @runs("recycle.check")
     async def _recycle_check(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         settings = self.rt.settings
-        uid = _uid(ctx)
-        async with self.rt.db.session() as session:
-            async def used(since: timedelta) -> int:
-                return int((await session.exec(select(func.count()).select_from(UsageEvent).where(
-                    UsageEvent.user_id == uid, UsageEvent.kind == "recycle_check",
-                    col(UsageEvent.at) >= ctx.now - since))).one())
-
-            if await used(timedelta(hours=1)) >= settings.recycle_checks_per_hour:
-                return {"ok": False, "reason": "rate_limited", "retry_minutes": 60}
-            if await used(timedelta(days=1)) >= settings.recycle_checks_per_day:
-                return {"ok": False, "reason": "rate_limited", "retry_minutes": 24 * 60}
-            session.add(UsageEvent(user_id=uid, kind="recycle_check", at=ctx.now))
-            await session.commit()
-        phone = str(args["phone"])
+        # Counted per client, so new sessions or /forget start nothing afresh (invariant 8).
+        who = self.rt.limits.subject("client", ctx.client or f"user:{_uid(ctx)}")
+        refusal = await self.rt.limits.take([(Rule("recycle.hour", settings.recycle_checks_per_hour, 3600), who),
+                                             (Rule("recycle.day", settings.recycle_checks_per_day, daily=True), who)],
+                                            ctx.now)
+        if refusal is not None:
+            return {"ok": False, "reason": "rate_limited", "retry_minutes": max(1, -(-refusal.retry_in // 60))}
+        phone = self._phone_arg(args)
         answer = await self.rt.registry.recycle_check(phone)
         return {"ok": True, "masked": mask_phone(phone), "known": answer.known, "reissued": answer.reissued,
                 "released_days_ago": answer.released_days_ago,
                 "previous_bindings_remain": answer.previous_bindings_remain}
 
+    async def _existing_tags(self, ctx: EffectContext, masked: str) -> dict[str, dict[str, Any]]:
+        """The person's statements for this number, newest per kind (one statement per number and kind)."""
+        existing: dict[str, dict[str, Any]] = {}
+        for statement in await tags_for(self.rt, _uid(ctx)):
+            if statement["masked"] == masked and statement["kind"] not in existing:
+                tag = await self.rt.registry.get_tag(statement["code"])
+                existing[statement["kind"]] = {**statement, "since": tag.since if tag else ""}
+        return existing
+
+    @runs("tag.status")
+    async def _tag_status(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
+        own = await self._own_verification(args, ctx)
+        if own is None:
+            return {"ok": False, "reason": "unavailable"}
+        verification, phone = own
+        info = await self.rt.registry.number_info(phone)
+        return {"ok": True, "labelled": bool(info and info.tagged),
+                "existing": await self._existing_tags(ctx, verification.phone_masked)}
+
+    @runs("tag.create")
     async def _tag_create(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         own = await self._own_verification(args, ctx)
         kind = args.get("kind")
         if own is None or kind not in ("new_holder", "clear_harassment"):
             return {"ok": False, "reason": "unavailable"}
         verification, phone = own
-        tag = await self.rt.registry.create_tag(phone, kind, str(args["since"]))
+        existing = (await self._existing_tags(ctx, verification.phone_masked)).get(str(kind))
+        if existing is not None:
+            return {"ok": True, "existing": True, **existing}
+        # A replay of the delivery gets the statement first filed, not a second one with a new code.
+        key = hashlib.sha256(b"tag:" + ctx.delivery_key.encode()).hexdigest()[:32] if ctx.delivery_key else None
+        tag = await self.rt.registry.create_tag(phone, kind, str(args["since"]), idempotency_key=key)
         log.info("number tagged", extra={"phone": verification.phone_masked, "kind": kind})
+        await record_tag(self.rt, _uid(ctx), str(kind), tag.code, verification.phone_masked, ctx.now)
         return {"ok": True, "code": tag.code, "kind": tag.kind, "since": tag.since, "masked": verification.phone_masked}
 
+    @runs("plan.load")
     async def _plan_load(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         return {"ok": True, "plan": await self.rt.plans.load(_uid(ctx), ctx.now)}
 
+    @runs("plan.save")
     async def _plan_save(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         verification_id = args.get("verification_id")
         if not isinstance(verification_id, int):
@@ -324,6 +481,7 @@ class EffectRunner:
         plan = await self.rt.plans.save(_uid(ctx), verification_id, date.fromisoformat(str(args["date"])), ctx.now)
         return {"ok": True, "plan": plan}
 
+    @runs("plan.mark")
     async def _plan_mark(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         item_id = args.get("item_id")
         if not isinstance(item_id, int):
@@ -331,14 +489,35 @@ class EffectRunner:
         plan = await self.rt.plans.mark(_uid(ctx), item_id, str(args.get("action")), ctx.now)
         return {"ok": plan is not None, "plan": plan}
 
+    @runs("plan.cancel")
     async def _plan_cancel(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         return {"ok": await self.rt.plans.cancel(_uid(ctx), ctx.now)}
 
+    @runs("tag.lookup")
     async def _tag_lookup(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
         tag = await self.rt.registry.get_tag(str(args["code"]))
         if tag is None:
             return {"ok": False, "reason": "not_found"}
         return {"ok": True, "code": tag.code, "kind": tag.kind, "since": tag.since, "masked": tag.phone_masked}
+
+    # --- staff handoff (issue 13): the ticket behind the handoff dialog (bot/staff/tickets.py) ---
+    @runs("ticket.open")
+    async def _ticket_open(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
+        if self.rt.tickets is None:
+            return {"ok": False, "reason": "unavailable"}
+        return await self.rt.tickets.open(_uid(ctx), str(args.get("reason") or "asked"))
+
+    @runs("ticket.message")
+    async def _ticket_message(self, args: Mapping[str, Any], ctx: EffectContext) -> None:
+        if self.rt.tickets is not None:
+            await self.rt.tickets.user_message(_uid(ctx), str(args.get("text") or ""), ctx.delivery_key)
+        return None
+
+    @runs("ticket.close")
+    async def _ticket_close(self, args: Mapping[str, Any], ctx: EffectContext) -> None:
+        if self.rt.tickets is not None:
+            await self.rt.tickets.user_left(_uid(ctx))
+        return None
 
 
 def _uid(ctx: EffectContext) -> int:

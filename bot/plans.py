@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import col, delete, select
+from sqlmodel import col, delete, or_, select
 
 from bot.jobs import JobOutcome, JobScheduler
+from bot.people import person_for_user, recipient
 from bot.storage import Job, Plan, PlanItem, User, Verification
 from dialogs.model import Lines, Localized, Msg, Reply
+from domain import beijing
 from integrations.registry import RegistryError
 
 if TYPE_CHECKING:
@@ -23,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BEIJING = timedelta(hours=8)
 REMIND_AT = time(10, 0)  # Beijing time: late enough not to wake anyone, early enough to act that day
 SNOOZE = timedelta(days=2)
 
@@ -31,16 +32,28 @@ SNOOZE = timedelta(days=2)
 CATEGORY_RANK = {"bank": 0, "payment": 1, "securities": 2, "social": 3, "mail": 4, "cloud_drive": 5, "railway": 6,
                  "shopping": 7, "local_services": 7, "travel": 7, "video": 8, "news": 8, "education": 9,
                  "device_id": 10}
+# Categories a task already names ("支付宝等支付 App 的绑定手机号"): their platforms merge into that task.
+TASK_COVERS = frozenset({"bank", "payment", "securities", "device_id"})
 TASKS = (("bank_cards", 0), ("payment_apps", 1), ("securities", 2), ("memberships", 7), ("chsi", 9),
          ("device_ids", 10), ("contacts_backup", 11), ("destroy_sim", 12))
 
 
-def beijing_today(now: datetime) -> date:
-    return (now + BEIJING).date()
+def reminder_moment(day: date) -> datetime:
+    """When a reminder for `day` goes out: REMIND_AT, Beijing time."""
+    return beijing.moment(day, REMIND_AT)
 
 
-def beijing_moment(day: date, at: time = REMIND_AT) -> datetime:
-    return datetime.combine(day, at, tzinfo=UTC) - BEIJING
+async def _owned_by(session: Any, user_id: int) -> Any:
+    """Plans belong to the person (invariant 7): any identity that verified the same number in this tenure."""
+    person_id = await person_for_user(session, user_id)
+    mine = col(Plan.user_id) == user_id
+    return or_(mine, col(Plan.person_id) == person_id) if person_id is not None else mine
+
+
+async def _owns(session: Any, user_id: int, plan: Plan) -> bool:
+    if plan.user_id == user_id:
+        return True
+    return plan.person_id is not None and plan.person_id == await person_for_user(session, user_id)
 
 
 class PlanService:
@@ -62,7 +75,7 @@ class PlanService:
 
     async def load(self, user_id: int, now: datetime) -> dict[str, Any] | None:
         async with self.rt.db.session() as session:
-            plan = (await session.exec(select(Plan).where(Plan.user_id == user_id, Plan.status == "active")
+            plan = (await session.exec(select(Plan).where(await _owned_by(session, user_id), Plan.status == "active")
                                        .order_by(col(Plan.id).desc()))).first()
             if plan is None:
                 return None
@@ -73,10 +86,10 @@ class PlanService:
     def _view(self, plan: Plan, items: list[PlanItem], now: datetime) -> dict[str, Any]:
         target = date.fromisoformat(plan.target_date)
         return {
-            "id": plan.id, "date": plan.target_date, "days_left": (target - beijing_today(now)).days,
+            "id": plan.id, "date": plan.target_date, "days_left": (target - beijing.today(now)).days,
             "done": sum(1 for i in items if i.done_at), "total": len(items),
             "items": [{"id": i.id, "name_zh": i.name_zh, "name_en": i.name_en, "done": i.done_at is not None,
-                       "snoozed_until": (i.snoozed_until + BEIJING).date().isoformat()
+                       "snoozed_until": beijing.today(i.snoozed_until).isoformat()
                        if i.snoozed_until and i.snoozed_until > now and not i.done_at else None}
                       for i in items],
         }
@@ -87,12 +100,15 @@ class PlanService:
             verification = await session.get(Verification, verification_id)
             if verification is None or verification.user_id != user_id:
                 raise PermissionError("not this user's verification")
-            plan = (await session.exec(select(Plan).where(Plan.user_id == user_id, Plan.status == "active"))).first()
+            plan = (await session.exec(select(Plan).where(await _owned_by(session, user_id),
+                                                          Plan.status == "active"))).first()
+            person_id = await person_for_user(session, user_id)
         if plan is None:
             phone = self.rt.vault.reveal(verification.phone_enc)
             bound = await self._bound_own(phone) or []
             plan = Plan(user_id=user_id, phone_hash=verification.phone_hash, phone_enc=verification.phone_enc,
-                        phone_masked=verification.phone_masked, target_date=target.isoformat(), created_at=now)
+                        phone_masked=verification.phone_masked, target_date=target.isoformat(), created_at=now,
+                        person_id=person_id)
             items = self._checklist(bound)
             async with self.rt.db.session() as session:
                 session.add(plan)
@@ -121,6 +137,8 @@ class PlanService:
         names = {p.id: p for p in self.rt.directory.all()}
         for order, platform in enumerate(dict.fromkeys(bound)):
             known = names.get(platform)
+            if known and known.category in TASK_COVERS:
+                continue  # one item, not "支付宝" and "支付宝等支付 App" side by side (issue 12)
             rank = CATEGORY_RANK.get(known.category if known else "", 8)
             ranked.append((rank, order, PlanItem(plan_id=0, position=0, platform=platform,
                                                  name_zh=known.name_zh if known else platform,
@@ -132,8 +150,8 @@ class PlanService:
         return [item for _, _, item in sorted(ranked, key=lambda r: (r[0], r[1]))]
 
     async def _schedule(self, session: Any, plan_id: int, target: date, now: datetime) -> None:
-        moments = [(f"T-{offset}", beijing_moment(target - timedelta(days=offset))) for offset in self.offsets()]
-        moments.append(("after", beijing_moment(target + timedelta(days=1))))
+        moments = [(f"T-{offset}", reminder_moment(target - timedelta(days=offset))) for offset in self.offsets()]
+        moments.append(("after", reminder_moment(target + timedelta(days=1))))
         for label, due in moments:
             if due <= now and label != "after":
                 continue
@@ -146,7 +164,7 @@ class PlanService:
         async with self.rt.db.session() as session:
             item = await session.get(PlanItem, item_id)
             plan = await session.get(Plan, item.plan_id) if item else None
-            if item is None or plan is None or plan.user_id != user_id or plan.status != "active":
+            if item is None or plan is None or not await _owns(session, user_id, plan) or plan.status != "active":
                 return None
             if action == "done":
                 item.done_at = now
@@ -160,7 +178,8 @@ class PlanService:
 
     async def cancel(self, user_id: int, now: datetime) -> bool:
         async with self.rt.db.session() as session:
-            plan = (await session.exec(select(Plan).where(Plan.user_id == user_id, Plan.status == "active"))).first()
+            plan = (await session.exec(select(Plan).where(await _owned_by(session, user_id),
+                                                          Plan.status == "active"))).first()
             if plan is None:
                 return False
             # A cancelled plan is no longer needed, and it holds the sealed number: delete it outright.
@@ -174,7 +193,9 @@ class PlanService:
         payload = json.loads(job.payload)
         async with self.rt.db.session() as session:
             plan = await session.get(Plan, int(payload["plan_id"]))
-            user = await session.get(User, plan.user_id) if plan else None
+            # The person's most recent identity: they may have come back in another session or channel.
+            target = await recipient(session, plan.person_id, plan.user_id) if plan else None
+            user = await session.get(User, target) if target is not None else None
             if plan is None or user is None or plan.status != "active":
                 return None
             # Reminders switched off (/stop, 退订, settings) or the bot blocked: nothing is sent.

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from bot import escalation
 from bot.jobs import JobOutcome
-from bot.retention import purge_expired
+from bot.retention import purge_expired, purge_idle_users
 from bot.storage import Job
 
 if TYPE_CHECKING:
@@ -22,8 +23,11 @@ def register_jobs(rt: Runtime) -> None:
 
     async def retention_purge(job: Job, now: datetime) -> JobOutcome:
         await purge_expired(rt.db, now)
+        await purge_idle_users(rt.db, now, web_idle_hours=rt.settings.web_session_idle_hours,
+                               idle_days=rt.settings.user_idle_days)
         return JobOutcome(reschedule_at=now + timedelta(hours=1))
 
     rt.jobs.register("unbind.sweep", unbind_sweep)
     rt.jobs.register("retention.purge", retention_purge)
     rt.plans.register_jobs(rt.jobs)
+    escalation.register_jobs(rt, rt.jobs)

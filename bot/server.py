@@ -10,17 +10,19 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from bot import metrics
 from bot.config import Settings
 from bot.i18n import Catalog
 from bot.runtime import Runtime, build_sms
 from bot.scheduled import register_jobs
-from bot.storage import Database, utcnow
+from bot.staff import setup_staff
+from bot.storage import Database, storage_unavailable, utcnow
+from bot.structured_logs import AccessLogger
 from bot.vault import Vault
-from bot.web import chat, ops, registry_callback
+from bot.web import chat, guard, ops, registry_callback
 from bot.web.chat import MAX_BODY, RUNTIME
 from dialogs.model import Msg
 from integrations.registry import RegistryClient
-from integrations.sandbox_registry.app import MaskingAccessLogger
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,19 @@ async def error_middleware(request: web.Request,
         return await handler(request)
     except web.HTTPException:
         raise
-    except Exception:
-        # The path may hold a session id but never personal data; the log formatter masks numbers anyway.
-        log.exception("unhandled error", extra={"path": request.path})
+    except Exception as exc:
+        if storage_unavailable(exc) or (exc.__cause__ is not None and storage_unavailable(exc.__cause__)):
+            # Not our bug: the database is down or restarting. 503 makes Telegram and WeChat deliver again, and
+            # the inbox makes that delivery count once.
+            log.warning("storage unavailable", extra={"error": type(exc).__name__})
+            rt = request.app.get(RUNTIME)
+            text = rt.catalog.render(Msg("web.error.storage_down"), "zh_CN") if rt else "storage unavailable"
+            return web.json_response({"error": "unavailable",
+                                      "messages": [{"text": text, "choices": [], "error": True}]},
+                                     status=503, headers={"Retry-After": "5"})
+        # The route's pattern, never the path: a web chat path carries the session id, a bearer token.
+        resource = request.match_info.route.resource
+        log.exception("unhandled error", extra={"route": resource.canonical if resource is not None else "?"})
         rt = request.app.get(RUNTIME)
         text = rt.catalog.render(Msg("web.error.internal"), "zh_CN") if rt else "internal error"
         return web.json_response({"error": "internal", "messages": [{"text": text, "choices": [], "error": True}]},
@@ -44,13 +56,17 @@ async def error_middleware(request: web.Request,
 
 
 def create_app(settings: Settings) -> web.Application:
+    guard.refuse_unsafe_start(settings)  # the sandbox opt-in contract (bot/web/guard.py)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url())
     registry_url = settings.registry_url or f"http://127.0.0.1:{settings.port}{SANDBOX_REGISTRY_PATH}"
     rt = Runtime(settings=settings, db=db, vault=Vault(settings.resolved_secret()), catalog=Catalog.load(),
-                 sms=build_sms(settings), registry=RegistryClient(registry_url, timeout=settings.registry_timeout))
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware])
+                 sms=build_sms(settings), registry=RegistryClient(registry_url, timeout=settings.registry_timeout,
+                                                                  token=settings.resolved_registry_token()))
+    app = web.Application(client_max_size=MAX_BODY,
+                          middlewares=[error_middleware, guard.body_deadline(settings.http_body_timeout)])
     app[RUNTIME] = rt
+    app.on_response_prepare.append(guard.security_headers)
 
     async def startup(_app: web.Application) -> None:
         await db.create_all()
@@ -63,6 +79,10 @@ def create_app(settings: Settings) -> web.Application:
         for task in rt.background:
             task.cancel()
         await asyncio.gather(*rt.background, return_exceptions=True)
+        try:
+            await rt.jobs.hand_back()
+        except Exception:
+            log.exception("could not hand back claimed jobs; their leases will run out instead")
         await rt.close()
 
     app.on_startup.append(startup)
@@ -70,6 +90,8 @@ def create_app(settings: Settings) -> web.Application:
     chat.routes(app)
     ops.routes(app, sandbox_sms_enabled=rt.sandbox_sms is not None)
     registry_callback.routes(app)
+    metrics.routes(app, db, settings.metrics_token)
+    setup_staff(app, rt)  # the staff console at /staff and the tickets behind the handoff dialog
     if settings.telegram_bot_token:
         from bot.channels.telegram import setup_telegram
 
@@ -84,7 +106,8 @@ def create_app(settings: Settings) -> web.Application:
         app.add_subapp(SANDBOX_REGISTRY_PATH, create_sandbox(
             str(settings.data_dir / "sandbox-registry.sqlite3"), callback_secret=settings.resolved_callback_secret(),
             processing_after=settings.sandbox_processing_seconds, done_after=settings.sandbox_done_seconds,
-            callback_hosts={"127.0.0.1", "localhost"}))
+            # Callbacks go to this bot's own callback URL and nowhere else (not any port on localhost).
+            callback_url=lambda: rt.callback_url, api_token=settings.resolved_registry_token()))
     return app
 
 
@@ -116,18 +139,28 @@ class RunningServer:
 
 async def start_server(settings: Settings) -> RunningServer:
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=MaskingAccessLogger)
+    # keepalive_timeout also closes a connection that has not finished its first request's headers in time
+    # (aiohttp arms it at connection start): the slow-header guard.
+    runner = web.AppRunner(app, access_log_class=AccessLogger, keepalive_timeout=settings.http_header_timeout)
     await runner.setup()
+    assert runner.server is not None
+    guard.cap_connections(runner.server, settings.max_connections_per_address, settings.trusted_proxies)
+    guard.throttle_asyncio_log()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     port = int(runner.addresses[0][1])
+    await serving(app, settings, port)
+    return RunningServer(app, runner, port)
+
+
+async def serving(app: web.Application, settings: Settings, port: int) -> None:
+    """What can be known only once the port is bound: the embedded registry's URL and our callback URL."""
     rt = app[RUNTIME]
     if settings.embedded_registry and port != settings.port:
         await rt.registry.close()
         rt.registry = RegistryClient(f"http://127.0.0.1:{port}{SANDBOX_REGISTRY_PATH}",
-                                     timeout=settings.registry_timeout)
+                                     timeout=settings.registry_timeout, token=settings.resolved_registry_token())
     tune_gc()
     rt.callback_url = (settings.public_base_url.rstrip("/") or f"http://127.0.0.1:{port}") + "/registry/callback"
     log.info("serving", extra={"host": settings.host, "port": port, "registry": "sandbox" if
                                settings.embedded_registry else "remote", "sms": rt.sms.name})
-    return RunningServer(app, runner, port)

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import text
 
-from bot.storage import Database, sqlite_time, utcnow
+from bot.storage import SQLITE_PRAGMAS, Database, sqlite_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,9 @@ _RESERVE_SEQ = (
     "UPDATE users SET next_seq = next_seq + :count, last_seen_at = :now, lang = COALESCE(:lang, lang), "
     "reminders_on = :reminders WHERE id = :user_id RETURNING next_seq"
 )
+# Pushes (reminders, status changes, staff replies) reserve their numbers from the same counter, with the same
+# statement style, so a push and a reply can never take the same sequence number.
+RESERVE_PUSH_SEQ = "UPDATE users SET next_seq = next_seq + :count WHERE id = :user_id RETURNING next_seq"
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (user_id, channel, seq, inbox_id, kind, payload, status, attempts, created_at, sent_at) "
     "VALUES (:user_id, :channel, :seq, :inbox_id, 'reply', :payload, 'sent', 0, :now, :now)"
@@ -191,9 +194,8 @@ class SqliteStepStore:
 
     def _serve(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        for pragma in SQLITE_PRAGMAS:
+            conn.execute(pragma)
         tx = _SqliteTx(conn)
         self._ready.set()
         while True:

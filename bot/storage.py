@@ -3,13 +3,14 @@ masked forms and AES-GCM ciphertext (see bot/vault.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, event
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import Field, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -38,6 +39,11 @@ class User(SQLModel, table=True):
     last_seen_at: datetime = Field(default_factory=utcnow)
     # Next sequence number for messages to this user (web chat ?after=N).
     next_seq: int = 1
+    # --- trust and identity (issue 11) ---
+    # The person this channel identity verified as (invariant 7); cleared by /forget.
+    person_id: int | None = Field(default=None, foreign_key="people.id", index=True)
+    # Telegram chat id / WeChat openid sealed (external_id then holds its keyed hash); web sessions need none.
+    external_enc: str | None = Field(default=None, max_length=256)
 
 
 class Conversation(SQLModel, table=True):
@@ -107,6 +113,8 @@ class OtpChallenge(SQLModel, table=True):
     attempts: int = 0
     consumed_at: datetime | None = None
     void: bool = False
+    # The effect delivery that sent this code: a replayed delivery gets this challenge, not a second SMS.
+    delivery_key: str | None = Field(default=None, max_length=160, unique=True)
 
 
 class Verification(SQLModel, table=True):
@@ -166,6 +174,10 @@ class UnbindRequestRow(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     attempts: int = 0
+    # The person (number + tenure) it belongs to; null once they deleted their data.
+    person_id: int | None = Field(default=None, foreign_key="people.id", index=True)
+    # When the registry reported the status we hold (its signed callback time): older news is ignored.
+    status_at: datetime | None = None
 
 
 class UsageEvent(SQLModel, table=True):
@@ -210,6 +222,7 @@ class Plan(SQLModel, table=True):
     target_date: str = Field(max_length=10)
     status: str = Field(default="active", max_length=16)  # active | cancelled | finished
     created_at: datetime = Field(default_factory=utcnow)
+    person_id: int | None = Field(default=None, foreign_key="people.id", index=True)
 
 
 class PlanItem(SQLModel, table=True):
@@ -238,6 +251,165 @@ class WeChatAccessToken(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=64)
 
 
+# --- trust and identity (issue 11): the verified number is the person; abuse counters ---
+
+
+class Person(SQLModel, table=True):
+    """A verified number within one holder's tenure (invariant 7): a later holder has another tenure start,
+    so another person. Holds only the number's keyed hash."""
+
+    __tablename__ = "people"
+    __table_args__ = (UniqueConstraint("phone_hash", "tenure_start"),)
+    id: int | None = Field(default=None, primary_key=True)
+    phone_hash: str = Field(max_length=64)
+    tenure_start: str = Field(max_length=10)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_seen_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class TagStatement(SQLModel, table=True):
+    """A number-tag statement the person filed, so they see it again from any session or channel."""
+
+    __tablename__ = "tag_statements"
+    id: int | None = Field(default=None, primary_key=True)
+    person_id: int = Field(foreign_key="people.id", index=True)
+    kind: str = Field(max_length=32)
+    code: str = Field(max_length=32)
+    phone_masked: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AbuseCounter(SQLModel, table=True):
+    """A rate-limit window (invariant 8): a security record /forget does not reset. The key holds only
+    keyed hashes; the row is useless after `expires_at` and retention deletes it."""
+
+    __tablename__ = "abuse_counters"
+    key: str = Field(primary_key=True, max_length=128)
+    count: int = 0
+    expires_at: datetime = Field(index=True)
+
+
+# --- staff handoff (issue 13): staff accounts, their sessions, tickets, transcripts and the audit log ---
+class StaffAccount(SQLModel, table=True):
+    """A support staff member; the password only as an argon2 hash."""
+
+    __tablename__ = "staff_accounts"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    password_hash: str = Field(max_length=256)
+    role: str = Field(default="staff", max_length=16)  # staff | admin
+    active: bool = True
+    created_at: datetime = Field(default_factory=utcnow)
+    last_login_at: datetime | None = None
+    # Their Telegram user id, so a reply in the staff group's topic is known to be theirs.
+    telegram_user_id: int | None = Field(default=None, sa_column=Column(BigInteger, unique=True, nullable=True))
+
+
+class StaffSession(SQLModel, table=True):
+    """A console login; only the keyed hash of the cookie's token is stored."""
+
+    __tablename__ = "staff_sessions"
+    token_hash: str = Field(primary_key=True, max_length=64)
+    staff_id: int = Field(foreign_key="staff_accounts.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+class StaffLoginFailure(SQLModel, table=True):
+    """A failed login, counted per account name and per client address for the rate limit."""
+
+    __tablename__ = "staff_login_failures"
+    id: int | None = Field(default=None, primary_key=True)
+    name_key: str = Field(max_length=64, index=True)
+    client: str = Field(max_length=64, index=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Ticket(SQLModel, table=True):
+    """A user waiting for, or talking with, a staff member."""
+
+    __tablename__ = "tickets"
+    __table_args__ = (Index("ix_tickets_status", "status", "created_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    channel: str = Field(max_length=16)
+    status: str = Field(default="open", max_length=16)  # open | claimed | closed
+    reason: str = Field(default="asked", max_length=16)  # asked | stuck
+    claimed_by: int | None = Field(default=None, foreign_key="staff_accounts.id")
+    created_at: datetime = Field(default_factory=utcnow)
+    claimed_at: datetime | None = None
+    closed_at: datetime | None = None
+    close_reason: str | None = Field(default=None, max_length=16)  # staff | user | timeout | forget
+    # The Telegram staff group's forum topic mirroring this ticket, when one is configured.
+    staff_topic_id: int | None = None
+
+
+class TicketMessage(SQLModel, table=True):
+    """One line of a ticket's transcript; user text is stored scrubbed of phone and ID numbers."""
+
+    __tablename__ = "ticket_messages"
+    id: int | None = Field(default=None, primary_key=True)
+    ticket_id: int = Field(foreign_key="tickets.id", index=True)
+    author: str = Field(max_length=8)  # user | staff | bot
+    staff_id: int | None = Field(default=None, foreign_key="staff_accounts.id")
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    # The delivery that carried a user's message, so a replayed step does not add it twice.
+    delivery_key: str | None = Field(default=None, max_length=160, unique=True)
+    at: datetime = Field(default_factory=utcnow)
+
+
+class StaffAudit(SQLModel, table=True):
+    """Who read which ticket and who wrote what. Kept through /forget: it is the record of staff access."""
+
+    __tablename__ = "staff_audit"
+    id: int | None = Field(default=None, primary_key=True)
+    staff_id: int | None = Field(default=None, index=True)
+    staff_name: str = Field(max_length=64)
+    action: str = Field(max_length=32)
+    ticket_id: int | None = Field(default=None, index=True)
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False))
+    client: str = Field(default="", max_length=64)
+    at: datetime = Field(default_factory=utcnow, index=True)
+
+
+# --- past one machine (issue 15): budgets every worker shares when there is no Redis ---
+class SendBudget(SQLModel, table=True):
+    """A channel's bot-wide send rate as a GCRA theoretical arrival time (unix seconds); see bot/budgets.py."""
+
+    __tablename__ = "send_budgets"
+    key: str = Field(primary_key=True, max_length=128)
+    tat: float = 0.0
+
+
+
+
+# --- past one machine (issue 15): WeChat customer-service sends, counted for every worker ---
+class WeChatCsSend(SQLModel, table=True):
+    """One customer-service message sent to a user: the window allowance (5 in 48 h after a message, 3 in a
+    minute after a click) is counted from these rows, so every worker and a restart agree."""
+
+    __tablename__ = "wechat_cs_sends"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(index=True)
+    sent_at: datetime = Field(default_factory=utcnow, index=True)
+
+# --- core (issue 9): effects bound to their delivery ---
+class EffectOutcome(SQLModel, table=True):
+    """The first outcome of an acting effect, under its delivery's key (delivery, round, index): a replay of
+    the step gets it back instead of acting again. Masked values only; kept a day, removed by /forget."""
+
+    __tablename__ = "effect_outcomes"
+    delivery_key: str = Field(primary_key=True, max_length=160)
+    user_id: int | None = Field(default=None, index=True)
+    kind: str = Field(max_length=32)
+    result: str = Field(sa_column=Column(Text, nullable=False))
+    at: datetime = Field(default_factory=utcnow, index=True)
+
+
+POOL_SIZE, POOL_OVERFLOW = 10, 10
+LOCK_SLOTS = 8
+
+
 class Database:
     """The engine plus a session factory; SQLite gets WAL, a busy timeout and a single writer."""
 
@@ -249,8 +421,12 @@ class Database:
             # One connection: SQLite has one writer anyway, and this avoids SQLITE_BUSY upgrade deadlocks.
             kwargs.update(pool_size=1, max_overflow=0, connect_args={"timeout": 30})
         else:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # A per-user advisory lock holds a pooled connection for the whole step, and the step needs others to do
+        # its work: without a cap, a burst of distinct users takes every connection for locks and the steps
+        # inside them wait for the pool until it times out. At most this many locks are held (or awaited) at once.
+        self._lock_slots = asyncio.Semaphore(LOCK_SLOTS)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
@@ -266,20 +442,28 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def user_lock(self, user_id: int) -> AsyncIterator[None]:
-        """Serialises one user's steps across worker processes; SQLite has one process, so nothing to do."""
+    async def user_lock(self, user_id: int, space: int = 0) -> AsyncIterator[None]:
+        """Serialises one user's steps across worker processes; SQLite has one process, so nothing to do.
+
+        `space` 0 is the user's steps; another space (1: the user's WeChat customer-service sends) is a separate
+        lock, PostgreSQL's two-key form, which never collides with the one-key form."""
         if self.is_sqlite:
             yield
             return
         from sqlalchemy import text
 
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": user_id})
+        if space:
+            lock, unlock = "SELECT pg_advisory_lock(:space, :key)", "SELECT pg_advisory_unlock(:space, :key)"
+        else:
+            lock, unlock = "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
+        params = {"key": user_id, "space": space}
+        async with self._lock_slots, self.engine.connect() as conn:
+            await conn.execute(text(lock), params)
             await conn.commit()
             try:
                 yield
             finally:
-                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": user_id})
+                await conn.execute(text(unlock), params)
                 await conn.commit()
 
     async def ping(self) -> bool:
@@ -318,10 +502,29 @@ def _migrate(connection: Any) -> None:
     command.upgrade(config, "head")
 
 
+def storage_unavailable(exc: BaseException) -> bool:
+    """True when `exc` means the database cannot be reached right now (down, restarting, refusing connections),
+    as opposed to a bug: the caller answers 503 so the channel delivers again later."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, OperationalError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    module = type(exc).__module__
+    # asyncpg's connection-level failures (CannotConnectNow, ConnectionDoesNotExist, AdminShutdown …)
+    return module.startswith("asyncpg") and any(
+        part in type(exc).__name__ for part in ("Connect", "Connection", "Shutdown", "CannotConnectNow"))
+
+
+# Every SQLite connection we open (the ORM's and the step store's writer) runs with the same settings, so a
+# constraint or a lock wait behaves the same whichever path a write takes.
+SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=30000", "PRAGMA synchronous=NORMAL",
+                  "PRAGMA foreign_keys=ON")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(pragma)
     cursor.close()

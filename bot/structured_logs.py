@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from domain.masking import scrub
 
@@ -27,6 +31,18 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False, default=lambda v: scrub(str(v)))
+
+
+# Web chat session ids are bearer tokens; they never reach a log line.
+_SESSION_RE = re.compile(r"(/chat/api/sessions/)[^/?#]+")
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Access log lines with session ids cut out of the path and every mobile or ID number masked."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = scrub(_SESSION_RE.sub(r"\1…", request.path_qs))
+        self.logger.info("%s %s %s %d %.3fs", request.remote, request.method, path, response.status, time)
 
 
 def configure(level: str = "INFO", log_file: str = "") -> None:

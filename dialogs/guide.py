@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Localized, Msg, Param, Reply, Step
+from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Localized, MenuEntry, Msg, Param, Reply, Step
+from dialogs.verify import verified_recently
 
 CATEGORY = "guide.category"
 PICK = "guide.pick"
@@ -55,21 +56,30 @@ def _detail_reply(ctx: Ctx) -> Reply:
         Msg(key, {"name": Localized(str(platform.get("name_zh", "")), str(platform.get("name_en", ""))),
                   "difficulty": Msg(f"difficulty.{platform.get('difficulty', 'medium')}"),
                   "path": path, "notes": notes}),
-        (Choice("letter", Msg("guide.letter_button")), Choice("browse", Msg("guide.browse")),
-         Choice("menu", Msg("common.back_to_menu"))),
+        (Choice("letter", Msg("guide.letter_button")),
+         *((Choice("list", Msg("guide.back_to_list")),) if ctx.data.get("guide_list") else ()),
+         Choice("browse", Msg("guide.browse")), Choice("menu", Msg("common.back_to_menu"))),
     )
 
 
-def _letter(ctx: Ctx) -> Reply:
+def _letter(ctx: Ctx, phone: str = "") -> Reply:
+    """The letter carries the holder's full number when they verified it just now: it is their own, and a
+    platform cannot act on a masked one. Only its masked form is ever stored (`kept`)."""
     platform = ctx.data.get("guide_platform") or {}
     verified = ctx.data.get("verified") or {}
     realname = ctx.data.get("realname") or {}
     masked: Param = str(verified.get("masked") or "") or Msg("guide.letter_your_number")
     since: Param = str(realname.get("tenure_start") or "")[:7] or Msg("guide.letter_since_unknown")
-    return Reply(Msg("guide.letter", {"name": Localized(str(platform.get("name_zh", "")),
-                                                          str(platform.get("name_en", ""))),
-                                      "masked": masked, "since": since, "today": ctx.event.now.date().isoformat()}),
-                 (Choice("browse", Msg("guide.browse")), Choice("menu", Msg("common.back_to_menu"))))
+    params: dict[str, Param] = {"name": Localized(str(platform.get("name_zh", "")), str(platform.get("name_en", ""))),
+                                "masked": masked, "since": since, "today": ctx.event.now.date().isoformat()}
+    kept = Msg("guide.letter_kept", {**params})
+    full = Msg("guide.letter", {**params, "masked": phone}) if phone else None
+    back = (Choice("detail", Msg("guide.back_to_platform")),
+            *((Choice("list", Msg("guide.back_to_list")),) if ctx.data.get("guide_list") else ()),
+            Choice("menu", Msg("common.back_to_menu")))
+    if full is None:
+        return Reply(Msg("guide.letter_masked", {"letter": Msg("guide.letter", params)}), back)
+    return Reply(full, back, kept=kept)
 
 
 def _common(ctx: Ctx, state: str) -> Step | None:
@@ -105,11 +115,27 @@ def _pick(ctx: Ctx) -> Step:
 
 
 def _detail(ctx: Ctx) -> Step:
-    if ctx.event.kind == "choice" and ctx.event.choice == "letter":
+    event = ctx.event
+    if event.kind == "choice" and event.choice == "letter":
+        if verified_recently(ctx):
+            verified = ctx.data.get("verified") or {}
+            return Step(DETAIL, ctx.data, (), (Effect("guide.letter", {"verification_id": verified.get("id")}),))
         return Step(DETAIL, ctx.data, (_letter(ctx),))
+    if event.kind == "result" and event.effect == "guide.letter":
+        return Step(DETAIL, ctx.data, (_letter(ctx, str(event.result.get("phone") or "")),))
+    if event.kind == "choice" and event.choice == "detail":
+        return Step(DETAIL, ctx.data, (_detail_reply(ctx),))
+    if event.kind == "choice" and event.choice == "list" and ctx.data.get("guide_list"):
+        return Step(PICK, ctx.data, (_pick_reply(list(ctx.data["guide_list"])),))
     return _common(ctx, DETAIL) or Step(DETAIL, ctx.data, (Reply(Msg("menu.pick_one"), error=True),
                                                            _detail_reply(ctx)))
 
+
+PROMPTS = {
+    CATEGORY: lambda ctx: _category_reply(),
+    PICK: lambda ctx: _pick_reply(list(ctx.data.get("guide_list") or [])),
+    DETAIL: _detail_reply,
+}
 
 FLOW = Flow(
     name="guide",
@@ -125,9 +151,9 @@ FLOW = Flow(
         Edge(DETAIL, PICK, "list"),
         Edge(DETAIL, "@menu", "back"),
     ),
+    starters={"guide": start},
+    entries=(Edge("@guide", PICK, "manual platforms known"), Edge("@guide", CATEGORY, "browse")),
+    prompts=PROMPTS,
+    menu=MenuEntry("guide", "guide", 70),
+    errand_keys=("guide_list", "guide_platform"),
 )
-PROMPTS = {
-    CATEGORY: lambda ctx: _category_reply(),
-    PICK: lambda ctx: _pick_reply(list(ctx.data.get("guide_list") or [])),
-    DETAIL: _detail_reply,
-}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Lines, Localized, Msg, Param, Reply, Step
+from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Lines, Localized, MenuEntry, Msg, Param, Reply, Step
 from dialogs.verify import verified_recently
 
 LOOKUP = "lookup"
@@ -30,9 +30,11 @@ def _done_reply() -> Reply:
     )
 
 
-def _platform_lines(items: Sequence[Mapping[str, Any]]) -> Lines:
+def _platform_lines(items: Sequence[Mapping[str, Any]], mark_manual: bool = False) -> Lines:
+    """For the previous holder's bindings, says which ones cannot be unbound remotely (issue 12)."""
     return Lines(tuple(
-        Msg("lookup.platform_line", {"name": Localized(str(i["name_zh"]), str(i["name_en"])), "month": str(i["month"])})
+        Msg("lookup.platform_line_manual" if mark_manual and i.get("remote") is False else "lookup.platform_line",
+            {"name": Localized(str(i["name_zh"]), str(i["name_en"])), "month": str(i["month"])})
         for i in items
     ))
 
@@ -67,7 +69,8 @@ def _lookup(ctx: Ctx) -> Step:
     if result.get("ported"):
         replies.append(Reply(Msg("lookup.ported_note")))
     if previous:
-        replies.append(Reply(Msg("lookup.previous", {"count": len(previous), "lines": _platform_lines(previous)})))
+        replies.append(Reply(Msg("lookup.previous", {"count": len(previous),
+                                                     "lines": _platform_lines(previous, mark_manual=True)})))
     else:
         replies.append(Reply(Msg("lookup.previous_none")))
     if current:
@@ -87,6 +90,8 @@ def _done(ctx: Ctx) -> Step:
     return Step(DONE, ctx.data, (Reply(Msg("menu.pick_one"), error=True), _done_reply()))
 
 
+PROMPTS = {DONE: lambda ctx: _done_reply()}
+
 FLOW = Flow(
     name="lookup",
     handlers={LOOKUP: _lookup, DONE: _done},
@@ -96,5 +101,9 @@ FLOW = Flow(
         Edge(DONE, "@unbind", "unbind"),
         Edge(DONE, "@menu", "back"),
     ),
+    starters={"lookup": start},
+    entries=(Edge("@lookup", LOOKUP, "verified < 30 min"), Edge("@lookup", "@verify", "needs verification")),
+    prompts=PROMPTS,
+    menu=MenuEntry("lookup", "lookup", 10),
+    goals=("lookup",),
 )
-PROMPTS = {DONE: lambda ctx: _done_reply()}

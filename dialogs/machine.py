@@ -10,24 +10,16 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dialogs import (
-    cancel_plan,
-    guide,
-    lookup,
-    menu,
-    realname,
-    recycle,
-    requests,
-    settings,
-    tag,
-    unbind,
-    upcoming,
-    verify,
-)
+from dialogs import cancel_plan, handoff, menu, registry, settings
 from dialogs.commands import parse_command
+from dialogs.intents import IntentModel
 from dialogs.model import Ctx, Edge, Event, Flow, Handler, Msg, Reply, Step
+from dialogs.understand import GO, after_handler, go_choice, number_as_choice, phone_sealed, typed_number
 
 MAX_TEXT = 2000
+STUCK_AFTER = 3
+# Replies that mean "I did not understand that": three in a row hand the user to staff.
+NOT_UNDERSTOOD = frozenset({"menu.pick_one", "intent.not_understood"})
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
@@ -35,58 +27,22 @@ class UndeclaredTransition(RuntimeError):
     pass
 
 
-FLOWS: tuple[Flow, ...] = (menu.FLOW, verify.FLOW, realname.FLOW, lookup.FLOW, unbind.FLOW, requests.FLOW,
-                           guide.FLOW, recycle.FLOW, tag.FLOW, cancel_plan.FLOW, settings.FLOW)
+def _menu_flow(flow: Flow) -> Flow:
+    """The menu as declared, plus an edge to each flow's starter from that flow's menu line."""
+    lines = tuple(Edge(menu.MENU, f"@{entry.starter}", entry.choice) for entry in registry.menu_entries())
+    return Flow(flow.name, flow.handlers, flow.edges + lines, flow.starters, flow.entries, flow.prompts,
+                flow.menu, flow.goals, flow.errand_keys)
 
-STARTERS: dict[str, Handler] = {
-    "menu": lambda ctx: menu.show_menu(ctx),
-    "verify": verify.start,
-    "realname": realname.start,
-    "lookup": lookup.start,
-    "unbind": unbind.start,
-    "requests": requests.start,
-    "guide": guide.start,
-    "recycle": recycle.start,
-    "tag": tag.start,
-    "check": tag.start_check,
-    "plan": cancel_plan.start,
-    "settings": settings.start,
-    **{name: upcoming.starter(name) for name in upcoming.UPCOMING},
-}
 
+# Every flow declares its own starters, entries, prompts, menu line, goals and errand data (dialogs/model.py
+# Flow); the registry finds them, so a new flow is a new module and nothing here changes.
+FLOWS: tuple[Flow, ...] = tuple(_menu_flow(f) if f.name == "menu" else f for f in registry.flows())
+STARTERS: dict[str, Handler] = {name: start for flow in FLOWS for name, start in flow.starters.items()}
 # Where each starter may lead; drawn in the diagram and enforced like any other edge.
-ENTRY_EDGES: tuple[Edge, ...] = (
-    Edge("@menu", menu.MENU, ""),
-    Edge("@verify", verify.CONSENT, "no consent yet"),
-    Edge("@verify", verify.PHONE, "consented"),
-    Edge("@lookup", lookup.LOOKUP, "verified < 30 min"),
-    Edge("@lookup", "@verify", "needs verification"),
-    Edge("@realname", realname.NAME, ""),
-    Edge("@unbind", unbind.PICK, "verified + real name"),
-    Edge("@unbind", "@verify", "needs verification"),
-    Edge("@unbind", "@realname", "needs real name"),
-    Edge("@requests", requests.VIEW, ""),
-    Edge("@guide", guide.PICK, "manual platforms known"),
-    Edge("@guide", guide.CATEGORY, "browse"),
-    Edge("@recycle", recycle.PHONE, ""),
-    Edge("@tag", tag.PICK, "verified + real name"),
-    Edge("@tag", "@verify", "needs verification"),
-    Edge("@tag", "@realname", "needs real name"),
-    Edge("@check", tag.CHECK, "/check CODE"),
-    Edge("@plan", cancel_plan.VIEW, "verified"),
-    Edge("@plan", "@verify", "needs verification"),
-    Edge("@settings", settings.SETTINGS, ""),
-    *(Edge(f"@{name}", "@menu", "coming soon") for name in upcoming.UPCOMING),
-)
-
-GOALS = ("lookup", "unbind", "tag", "plan")
-
+ENTRY_EDGES: tuple[Edge, ...] = tuple(edge for flow in FLOWS for edge in flow.entries)
+GOALS: tuple[str, ...] = tuple(goal for flow in FLOWS for goal in flow.goals)
 HANDLERS: dict[str, Handler] = {state: handler for flow in FLOWS for state, handler in flow.handlers.items()}
-PROMPTS: dict[str, Callable[[Ctx], Reply]] = {
-    **menu.PROMPTS, **verify.PROMPTS, **realname.PROMPTS, **lookup.PROMPTS, **unbind.PROMPTS,
-    **requests.PROMPTS, **guide.PROMPTS, **recycle.PROMPTS, **tag.PROMPTS, **cancel_plan.PROMPTS,
-    **settings.PROMPTS,
-}
+PROMPTS: dict[str, Callable[[Ctx], Reply]] = {state: p for flow in FLOWS for state, p in flow.prompts.items()}
 _EDGES: frozenset[tuple[str, str]] = frozenset(
     (edge.source, edge.target) for flow in FLOWS for edge in flow.edges
 ) | frozenset((edge.source, edge.target) for edge in ENTRY_EDGES)
@@ -97,7 +53,12 @@ def clean_text(text: str) -> str:
     return _CONTROL.sub("", unicodedata.normalize("NFC", text)).strip()
 
 
-def step(state: str, data: Mapping[str, Any], event: Event) -> Step:
+# States that read a typed number as one of their own numbered items (or a date), not as a button position.
+OWN_NUMBERS = frozenset({cancel_plan.VIEW, cancel_plan.DATE})
+
+
+def step(state: str, data: Mapping[str, Any], event: Event, model: IntentModel | None = None) -> Step:
+    """One step. `model` ranks typed intent; without it free text is left to the states alone."""
     ctx = Ctx(state, data, event)
     if event.kind == "text":
         text = clean_text(event.text)
@@ -111,17 +72,61 @@ def step(state: str, data: Mapping[str, Any], event: Event) -> Step:
         else:
             event = Event("text", text=text, now=event.now)
         ctx = Ctx(state, data, event)
+        if (event.kind == "text" and typed_number(text) is not None and state not in OWN_NUMBERS
+                and state not in handoff.STATES and state in HANDLERS):
+            prompt = PROMPTS.get(state)
+            picked = number_as_choice(ctx, prompt(ctx) if prompt else None)
+            if isinstance(picked, Step):
+                return picked
+            event = picked
+            ctx = Ctx(state, data, event)
     if event.kind == "command":
+        held = handoff.hold(ctx)
+        if held is not None:
+            return _resolve(ctx, held)
+        left = handoff.left_by_command(ctx)
+        if left is not None:
+            after = _command(Ctx(state, left.data, event))
+            return _resolve(ctx, Step(after.state, after.data, left.replies + after.replies,
+                                      left.effects + after.effects))
         return _resolve(ctx, _command(ctx))
-    if event.kind == "media":
+    if event.kind == "media" and state not in handoff.STATES:
         return _stay(ctx, Reply(Msg("input.media", {"kind": Msg(f"media.{event.media or 'other'}")}), error=True))
+    if state not in handoff.STATES:
+        # Typed intent and its follow-ups work from every state, like the global commands.
+        if event.kind == "choice" and event.choice.startswith(GO):
+            return _resolve(ctx, go_choice(ctx))
+        if event.kind == "result" and event.effect == "phone.seal":
+            return _resolve(ctx, phone_sealed(ctx))
     handler = HANDLERS.get(state)
     if handler is None:
         return _resolve(ctx, menu.welcome(ctx))
     raw = handler(ctx)
     if raw.state != state and (state, raw.state) not in _EDGES:
         raise UndeclaredTransition(f"{state} -> {raw.state}")
-    return _resolve(ctx, raw)
+    if state not in handoff.STATES:
+        understood = after_handler(ctx, raw, model)
+        if understood is not None:
+            return _count_misses(ctx, _resolve(ctx, understood))
+    if handoff.is_leaving(ctx):
+        # Leaving the human was asked for by a command: run it now that the user confirmed.
+        after = _command(Ctx(state, raw.data, handoff.pending_command(ctx)))
+        raw = Step(after.state, after.data, raw.replies + after.replies, raw.effects + after.effects)
+    return _count_misses(ctx, _resolve(ctx, raw))
+
+
+def _count_misses(ctx: Ctx, result: Step) -> Step:
+    """Three "not understood" in a row mean the user is stuck: a person takes over."""
+    if ctx.event.kind not in ("text", "choice") or result.state in handoff.STATES:
+        return result
+    if not any(reply.msg.key in NOT_UNDERSTOOD for reply in result.replies):
+        return result if "_misses" not in result.data else Step(
+            result.state, {k: v for k, v in result.data.items() if k != "_misses"}, result.replies, result.effects)
+    misses = int(result.data.get("_misses") or 0) + 1
+    if misses < STUCK_AFTER:
+        return Step(result.state, {**result.data, "_misses": misses}, result.replies, result.effects)
+    data = {k: v for k, v in result.data.items() if k != "_misses"}
+    return _resolve(ctx, Step("@handoff", {**data, "handoff_reason": "stuck"}, (Reply(Msg("handoff.stuck")),)))
 
 
 def _stay(ctx: Ctx, reply: Reply) -> Step:
@@ -135,6 +140,9 @@ def _command(ctx: Ctx) -> Step:
     command = ctx.event.command
     if command == "start":
         return menu.welcome(ctx)
+    if command == "cancel" and ctx.state not in (menu.MENU, ""):
+        # Said, not silent: the user should know the errand was dropped (issue 12).
+        return menu.show_menu(ctx, Reply(Msg("menu.cancelled")))
     if command == "help":
         prompt = PROMPTS.get(ctx.state)
         help_reply = Reply(Msg("help"))

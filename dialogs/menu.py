@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
+from functools import cache
+
+from dialogs import registry
 from dialogs.model import Choice, Ctx, Edge, Flow, Msg, Reply, Step
 
 MENU = "menu"
 
-MENU_ITEMS: tuple[tuple[str, str], ...] = (
-    ("lookup", "lookup"),
-    ("unbind", "unbind"),
-    ("recycle", "recycle"),
-    ("tag", "tag"),
-    ("plan", "plan"),
-    ("requests", "requests"),
-    ("guide", "guide"),
-    ("human", "handoff"),
-    ("settings", "settings"),
-)
-
-# Data that belongs to one errand and is dropped when the user goes back to the menu.
-ERRAND_KEYS = ("goal", "challenge_id", "phone_masked", "realname_pending", "name_masked", "unbind_selected",
-               "guide_list", "guide_platform", "plan_item")
 
 
-# Built once: replies are immutable, and the menu is the most common reply of all.
-_MENU_REPLY = Reply(Msg("menu.prompt"),
-                    tuple(Choice(choice_id, Msg(f"menu.{choice_id}")) for choice_id, _ in MENU_ITEMS))
-
-
+@cache
 def menu_reply() -> Reply:
-    return _MENU_REPLY
+    """Built once from every flow's menu line (dialogs/registry.py): replies are immutable, and the menu is the
+    most common reply of all."""
+    return Reply(Msg("menu.prompt"),
+                 tuple(Choice(entry.choice, Msg(f"menu.{entry.choice}")) for entry in registry.menu_entries()))
 
 
 def show_menu(ctx: Ctx, *before: Reply) -> Step:
-    data = ctx.with_data(**dict.fromkeys(ERRAND_KEYS))
+    data = ctx.with_data(**dict.fromkeys(registry.errand_keys()))
     return Step(MENU, data, (*before, menu_reply()))
 
 
@@ -44,15 +31,20 @@ def welcome(ctx: Ctx) -> Step:
 def _menu(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "choice":
-        for choice_id, state in MENU_ITEMS:
-            if event.choice == choice_id:
-                return Step(f"@{state}", ctx.data)
+        for entry in registry.menu_entries():
+            if event.choice == entry.choice:
+                return Step(f"@{entry.starter}", ctx.data)
     return Step(MENU, ctx.data, (Reply(Msg("menu.pick_one"), error=True), menu_reply()))
 
 
+# The menu's own edges (to each flow's starter) are drawn by the machine from the flows' menu lines.
 FLOW = Flow(
     name="menu",
     handlers={MENU: _menu},
-    edges=tuple(Edge(MENU, f"@{state}", choice_id) for choice_id, state in MENU_ITEMS),
+    edges=(),
+    starters={"menu": lambda ctx: show_menu(ctx)},
+    entries=(Edge("@menu", MENU, ""),),
+    prompts={MENU: lambda ctx: menu_reply()},
+    # Where a verification returns to (`@goal`), and what the user typed before it: both per errand.
+    errand_keys=("goal", "typed_phone"),
 )
-PROMPTS = {MENU: lambda ctx: menu_reply()}

@@ -54,6 +54,15 @@ class Reply:
     error: bool = False
     # A date picker is offered where the channel can draw one.
     date_picker: bool = False
+    # False when the text numbers its own items and the labels carry those numbers: channels must not number
+    # the buttons again, or "10" would mean two things (issue 12, finding 1).
+    numbered: bool = True
+    # What the answer to this prompt is (phone, code, name, id_number): the web chat picks a numeric keypad or
+    # one-time-code autofill for it, and masks the user's own bubble once a name or ID number is sent.
+    expects: str = ""
+    # What is stored once delivered, when `msg` carries something that must not be kept (the holder's own full
+    # number in their letter to a platform): the outbox and a replayed answer get this form instead.
+    kept: Msg | None = None
 
 
 @dataclass(frozen=True)
@@ -129,8 +138,34 @@ class Edge:
     label: str
 
 
+Prompt = Callable[[Ctx], Reply]
+
+
+@dataclass(frozen=True)
+class MenuEntry:
+    """A flow's line in the main menu: the choice (its label is the catalog key `menu.<choice>`), the starter
+    it leads to, and its place (lower first)."""
+
+    choice: str
+    starter: str
+    order: int
+
+
 @dataclass(frozen=True)
 class Flow:
+    """Everything the machine needs to know of one flow, declared in the flow's own module: adding a flow is
+    adding a module (and its catalog entries), found by dialogs/registry.py."""
+
     name: str
     handlers: Mapping[str, Handler]
     edges: tuple[Edge, ...]
+    # Pseudo-states this flow starts (`@name` -> its starter) and where each may lead (drawn and enforced).
+    starters: Mapping[str, Handler] = field(default_factory=dict)
+    entries: tuple[Edge, ...] = ()
+    # What to show again in each state after bad input or /help.
+    prompts: Mapping[str, Prompt] = field(default_factory=dict)
+    menu: MenuEntry | None = None
+    # Starters a verification may return to when the user came for them (`@goal`).
+    goals: tuple[str, ...] = ()
+    # Conversation data that belongs to one errand of this flow, dropped on the way back to the menu.
+    errand_keys: tuple[str, ...] = ()

@@ -18,6 +18,8 @@ ID = "realname.id"
 CONFIRM = "realname.confirm"
 
 _NAME_RE = re.compile(r"[\u3400-\u9fffA-Za-z·•\. ]{2,30}")
+# An ID number typed in the same message as the name ("张三 11010519491231002X"): one action instead of two.
+_ID_IN_TEXT = re.compile(r"\d[\d ]{13,21}[\dXx]")
 
 
 def checked_recently(ctx: Ctx) -> bool:
@@ -34,11 +36,11 @@ def start(ctx: Ctx) -> Step:
 
 
 def _name_reply() -> Reply:
-    return Reply(Msg("realname.ask_name"), (Choice("menu", Msg("common.back_to_menu")),))
+    return Reply(Msg("realname.ask_name"), (Choice("menu", Msg("common.back_to_menu")),), expects="name")
 
 
 def _id_reply() -> Reply:
-    return Reply(Msg("realname.ask_id"), (Choice("menu", Msg("common.back_to_menu")),))
+    return Reply(Msg("realname.ask_id"), (Choice("menu", Msg("common.back_to_menu")),), expects="id_number")
 
 
 def _confirm_reply(ctx: Ctx) -> Reply:
@@ -54,13 +56,36 @@ def _name(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "result" and event.effect == "realname.stash":
         return Step(ID, ctx.with_data(name_masked=str(event.result.get("masked", ""))), (_id_reply(),))
+    if event.kind == "result" and event.effect == "realname.check":
+        return _checked(ctx)
     if event.kind == "choice" and event.choice == "menu":
         return Step("@menu", ctx.data)
     if event.kind == "text":
         name = unicodedata.normalize("NFKC", event.text).strip()
+        both = _name_and_id(ctx, name)
+        if both is not None:
+            return both
         if _NAME_RE.fullmatch(name):
             return Step(NAME, ctx.data, (), (Effect("realname.stash", {"name": name}),))
     return Step(NAME, ctx.data, (Reply(Msg("realname.name_invalid"), error=True), _name_reply()))
+
+
+def _name_and_id(ctx: Ctx, text: str) -> Step | None:
+    found = _ID_IN_TEXT.search(text)
+    if found is None:
+        return None
+    # NFKC already turned full-width commas and colons into ASCII ones.
+    name = (text[:found.start()] + " " + text[found.end():]).strip(" ,;:/-")
+    if not _NAME_RE.fullmatch(name):
+        return None
+    check = validate_id_number(found.group(0), ctx.event.now.date())
+    if not check.ok:
+        return Step(NAME, ctx.data, (Reply(Msg(f"realname.id.{check.reason}"), error=True), _name_reply()))
+    verified = ctx.data.get("verified") or {}
+    # The name is sealed by the first effect before the second reads it: effects run in order.
+    return Step(NAME, ctx.data, (), (Effect("realname.stash", {"name": name}),
+                                     Effect("realname.check", {"verification_id": verified.get("id"),
+                                                               "id_number": check.normalised})))
 
 
 def _id(ctx: Ctx) -> Step:
@@ -110,11 +135,14 @@ def _confirm(ctx: Ctx) -> Step:
     return Step(CONFIRM, ctx.data, (Reply(Msg("menu.pick_one"), error=True), _confirm_reply(ctx)))
 
 
+PROMPTS = {NAME: lambda ctx: _name_reply(), ID: lambda ctx: _id_reply(), CONFIRM: _confirm_reply}
+
 FLOW = Flow(
     name="realname",
     handlers={NAME: _name, ID: _id, CONFIRM: _confirm},
     edges=(
         Edge(NAME, ID, "name given"),
+        Edge(NAME, CONFIRM, "name + ID in one message"),
         Edge(NAME, "@menu", "back"),
         Edge(ID, CONFIRM, "holder matches"),
         Edge(ID, NAME, "no match"),
@@ -122,5 +150,8 @@ FLOW = Flow(
         Edge(CONFIRM, "@goal", "confirmed"),
         Edge(CONFIRM, "@menu", "not me"),
     ),
+    starters={"realname": start},
+    entries=(Edge("@realname", NAME, ""),),
+    prompts=PROMPTS,
+    errand_keys=("realname_pending", "name_masked"),
 )
-PROMPTS = {NAME: lambda ctx: _name_reply(), ID: lambda ctx: _id_reply(), CONFIRM: _confirm_reply}

@@ -5,7 +5,7 @@ Answers only: reissued or not, how long ago it was released, and whether previou
 
 from __future__ import annotations
 
-from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Msg, Param, Reply, Step
+from dialogs.model import Choice, Ctx, Edge, Effect, Flow, MenuEntry, Msg, Param, Reply, Step
 from dialogs.phones import parse_mainland_mobile
 
 PHONE = "recycle.phone"
@@ -13,16 +13,30 @@ DONE = "recycle.done"
 
 
 def start(ctx: Ctx) -> Step:
+    typed = ctx.data.get("typed_phone")
+    if isinstance(typed, dict) and typed.get("sealed"):
+        return Step(PHONE, ctx.with_data(typed_phone=None), (),
+                    (Effect("recycle.check", {"sealed": str(typed["sealed"])}),))
     return Step(PHONE, ctx.data, (_ask(),))
 
 
 def _ask() -> Reply:
-    return Reply(Msg("recycle.ask"), (Choice("menu", Msg("common.back_to_menu")),))
+    return Reply(Msg("recycle.ask"), (Choice("menu", Msg("common.back_to_menu")),), expects="phone")
 
 
-def _again() -> Reply:
-    return Reply(Msg("recycle.tips"),
+def _again(ctx: Ctx | None = None) -> Reply:
+    # The buying tips once per conversation; after that, just the way on.
+    seen = ctx is not None and bool(ctx.data.get("recycle_tips_seen"))
+    return Reply(Msg("recycle.next" if seen else "recycle.tips"),
                  (Choice("again", Msg("recycle.again")), Choice("menu", Msg("common.back_to_menu"))))
+
+
+def _ago(days: int) -> Msg:
+    if days >= 365:
+        return Msg("recycle.ago_years", {"years": days // 365})
+    if days >= 60:
+        return Msg("recycle.ago_months", {"months": days // 30})
+    return Msg("recycle.ago_days", {"days": days})
 
 
 def _phone(ctx: Ctx) -> Step:
@@ -52,13 +66,12 @@ def _answer(ctx: Ctx) -> Step:
         verdict = Msg("recycle.unknown", {"masked": masked})
     elif result.get("reissued"):
         days = result.get("released_days_ago")
-        ago: Param = Msg("recycle.ago", {"days": int(days), "months": max(1, int(days) // 30)}) if isinstance(
-            days, int) else Msg("recycle.ago_unknown")
+        ago: Param = _ago(days) if isinstance(days, int) else Msg("recycle.ago_unknown")
         remain = Msg("recycle.bindings_remain" if result.get("previous_bindings_remain") else "recycle.bindings_clear")
         verdict = Msg("recycle.reissued", {"masked": masked, "ago": ago, "remain": remain})
     else:
         verdict = Msg("recycle.not_reissued", {"masked": masked})
-    return Step(DONE, ctx.data, (Reply(verdict), _again()))
+    return Step(DONE, ctx.with_data(recycle_tips_seen=True), (Reply(verdict), _again(ctx)))
 
 
 def _done(ctx: Ctx) -> Step:
@@ -69,8 +82,10 @@ def _done(ctx: Ctx) -> Step:
         return Step("@menu", ctx.data)
     if event.kind == "text" and parse_mainland_mobile(event.text).problem == "ok":
         return _phone(Ctx(PHONE, ctx.data, event))
-    return Step(DONE, ctx.data, (Reply(Msg("menu.pick_one"), error=True), _again()))
+    return Step(DONE, ctx.data, (Reply(Msg("menu.pick_one"), error=True), _again(ctx)))
 
+
+PROMPTS = {PHONE: lambda ctx: _ask(), DONE: _again}
 
 FLOW = Flow(
     name="recycle",
@@ -81,5 +96,8 @@ FLOW = Flow(
         Edge(DONE, PHONE, "check another"),
         Edge(DONE, "@menu", "back"),
     ),
+    starters={"recycle": start},
+    entries=(Edge("@recycle", PHONE, ""),),
+    prompts=PROMPTS,
+    menu=MenuEntry("recycle", "recycle", 30),
 )
-PROMPTS = {PHONE: lambda ctx: _ask(), DONE: lambda ctx: _again()}

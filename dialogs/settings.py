@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dialogs.model import LANGS, Choice, Ctx, Edge, Effect, Flow, Msg, Reply, Step
+from dialogs.model import LANGS, Choice, Ctx, Edge, Effect, Flow, MenuEntry, Msg, Reply, Step
 
 SETTINGS = "settings"
 LANGUAGE = "settings.language"
@@ -96,6 +96,12 @@ def _forget(ctx: Ctx) -> Step:
     return Step(FORGET, ctx.data, (Reply(Msg("menu.pick_one"), error=True), _forget_reply()))
 
 
+PROMPTS = {
+    SETTINGS: _settings_reply,
+    LANGUAGE: lambda ctx: _language_reply(),
+    FORGET: lambda ctx: _forget_reply(),
+}
+
 FLOW = Flow(
     name="settings",
     handlers={SETTINGS: _settings, LANGUAGE: _language, FORGET: _forget},
@@ -106,9 +112,9 @@ FLOW = Flow(
         Edge(LANGUAGE, "@menu", "picked"),
         Edge(FORGET, "@menu", "deleted / back"),
     ),
+    starters={"settings": start, "language": start_language, "forget": start_forget},
+    entries=(Edge("@settings", SETTINGS, ""), Edge("@language", LANGUAGE, "typed intent"),
+             Edge("@forget", FORGET, "typed intent (asks first)")),
+    prompts=PROMPTS,
+    menu=MenuEntry("settings", "settings", 90),
 )
-PROMPTS = {
-    SETTINGS: _settings_reply,
-    LANGUAGE: lambda ctx: _language_reply(),
-    FORGET: lambda ctx: _forget_reply(),
-}

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Lines, Localized, Msg, Reply, Step
+from dialogs.escalation import REASONS
+from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Lines, Localized, MenuEntry, Msg, Reply, Step
 from dialogs.realname import checked_recently
 from dialogs.verify import verified_recently
 
@@ -39,26 +40,65 @@ def _options(ctx: Ctx) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]
     return list(options.get("eligible", [])), list(options.get("manual", []))
 
 
+OPEN = ("queued", "submitted", "processing")
+
+
+def _groups(ctx: Ctx) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """Eligible platforms split by what became of earlier requests: never filed (or done and bound again),
+    still open, and rejected. Only the first group is filed by "all"."""
+    eligible, _ = _options(ctx)
+    pending = [i for i in eligible if i.get("history") in OPEN]
+    rejected = [i for i in eligible if i.get("history") in ("rejected", "refused")]
+    fresh = [i for i in eligible if i not in pending and i not in rejected]
+    return fresh, pending, rejected
+
+
+def _reason(item: Mapping[str, Any]) -> Msg:
+    reason = str(item.get("reason") or "")
+    return Msg(f"unbind.reason.{reason}" if reason in REASONS else "unbind.reason.other")
+
+
 def _pick_reply(ctx: Ctx) -> Reply:
-    eligible, manual = _options(ctx)
+    fresh, pending, rejected = _groups(ctx)
+    _, manual = _options(ctx)
     choices: list[Choice] = []
-    if len(eligible) > 1:
-        choices.append(Choice("all", Msg("unbind.all", {"count": len(eligible)})))
-    choices.extend(Choice(f"p:{i['platform']}", Msg("unbind.one", {"name": _name(i)})) for i in eligible)
+    if len(fresh) > 1:
+        choices.append(Choice("all", Msg("unbind.all", {"count": len(fresh)})))
+    choices.extend(Choice(f"p:{i['platform']}", Msg("unbind.one", {"name": _name(i)})) for i in fresh)
+    choices.extend(Choice(f"re:{i['platform']}", Msg("unbind.refile", {"name": _name(i)})) for i in rejected)
     if manual:
         choices.append(Choice("guide", Msg("unbind.guide", {"count": len(manual)})))
     choices.append(Choice("menu", Msg("common.back_to_menu")))
-    if eligible:
-        return Reply(Msg("unbind.pick", {"count": len(eligible), "lines": _lines(eligible)}), tuple(choices))
-    return Reply(Msg("unbind.none_eligible"), tuple(choices))
+    if fresh:
+        key = "unbind.pick" if len(fresh) > 1 else "unbind.pick_single"
+        main = Msg(key, {"count": len(fresh), "lines": _lines(fresh)})
+    elif pending or rejected:
+        main = Msg("unbind.none_new")
+    else:
+        return Reply(Msg("unbind.none_eligible"), tuple(choices))
+    notes: list[Msg] = []
+    if pending:
+        notes.append(Msg("unbind.pending_note", {"lines": _lines(pending)}))
+    if rejected:
+        notes.append(Msg("unbind.rejected_note", {"lines": Lines(tuple(
+            Msg("requests.platform_line_reason", {"name": _name(i), "status": Msg("requests.status.rejected"),
+                                                  "reason": _reason(i)}) for i in rejected))}))
+    if notes:
+        main = Msg("unbind.pick_with_notes", {"main": main, "notes": Lines(tuple(notes))})
+    return Reply(main, tuple(choices))
 
 
 def _confirm_reply(ctx: Ctx) -> Reply:
     eligible, _ = _options(ctx)
     selected = set(ctx.data.get("unbind_selected") or [])
     chosen = [i for i in eligible if i["platform"] in selected]
-    return Reply(Msg("unbind.confirm", {"count": len(chosen), "lines": _lines(chosen)}),
-                 (Choice("confirm", Msg("unbind.confirm_yes")), Choice("back", Msg("unbind.confirm_back"))))
+    choices = (Choice("confirm", Msg("unbind.confirm_yes")), Choice("back", Msg("unbind.confirm_back")))
+    refiled = [i for i in chosen if i.get("history") in ("rejected", "refused")]
+    if refiled:
+        # Re-filing what was rejected is asked for explicitly, with the reason it failed last time.
+        return Reply(Msg("unbind.refile_confirm", {"name": _name(refiled[0]), "reason": _reason(refiled[0])}),
+                     choices)
+    return Reply(Msg("unbind.confirm", {"count": len(chosen), "lines": _lines(chosen)}), choices)
 
 
 def _done_reply() -> Reply:
@@ -74,11 +114,14 @@ def _pick(ctx: Ctx) -> Step:
         options = {"eligible": list(event.result.get("eligible", [])), "manual": list(event.result.get("manual", []))}
         data = ctx.with_data(unbind_options=options)
         return Step(PICK, data, (_pick_reply(Ctx(PICK, data, event)),))
-    eligible, _ = _options(ctx)
-    ids = [str(i["platform"]) for i in eligible]
+    fresh, _pending, rejected = _groups(ctx)
+    ids = [str(i["platform"]) for i in fresh]
     if event.kind == "choice":
+        if event.choice.startswith("re:") and event.choice[3:] in [str(i["platform"]) for i in rejected]:
+            return _to_confirm(ctx, [event.choice[3:]])
         if event.choice == "all" and ids:
-            return _to_confirm(ctx, ids)
+            # The list above the button is the explicit list of what is filed: no second screen (issue 12).
+            return _file(ctx.with_data(unbind_selected=ids), CONFIRM)
         if event.choice.startswith("p:") and event.choice[2:] in ids:
             return _to_confirm(ctx, [event.choice[2:]])
         if event.choice == "guide":
@@ -98,14 +141,18 @@ def _confirm(ctx: Ctx) -> Step:
     if event.kind == "result" and event.effect == "unbind.create":
         return _created(ctx)
     if event.kind == "choice" and event.choice == "confirm" and ctx.data.get("unbind_selected"):
-        realname = ctx.data.get("realname") or {}
-        verified = ctx.data.get("verified") or {}
-        return Step(CONFIRM, ctx.data, (), (Effect("unbind.create", {
-            "verification_id": verified.get("id"), "platforms": list(ctx.data["unbind_selected"]),
-            "tenure_start": realname.get("tenure_start")}),))
+        return _file(ctx.data, CONFIRM)
     if event.kind == "choice" and event.choice == "back":
         return Step(PICK, ctx.with_data(unbind_selected=None), (_pick_reply(ctx),))
     return Step(CONFIRM, ctx.data, (Reply(Msg("menu.pick_one"), error=True), _confirm_reply(ctx)))
+
+
+def _file(data: Mapping[str, Any], state: str) -> Step:
+    realname = data.get("realname") or {}
+    verified = data.get("verified") or {}
+    return Step(state, data, (), (Effect("unbind.create", {
+        "verification_id": verified.get("id"), "platforms": list(data["unbind_selected"]),
+        "tenure_start": realname.get("tenure_start")}),))
 
 
 def _created(ctx: Ctx) -> Step:
@@ -130,6 +177,8 @@ def _done(ctx: Ctx) -> Step:
     return Step(DONE, ctx.data, (Reply(Msg("menu.pick_one"), error=True), _done_reply()))
 
 
+PROMPTS = {PICK: _pick_reply, CONFIRM: _confirm_reply, DONE: lambda ctx: _done_reply()}
+
 FLOW = Flow(
     name="unbind",
     handlers={PICK: _pick, CONFIRM: _confirm, DONE: _done},
@@ -143,5 +192,11 @@ FLOW = Flow(
         Edge(DONE, "@guide", "guidance"),
         Edge(DONE, "@menu", "back"),
     ),
+    starters={"unbind": start},
+    entries=(Edge("@unbind", PICK, "verified + real name"), Edge("@unbind", "@verify", "needs verification"),
+             Edge("@unbind", "@realname", "needs real name")),
+    prompts=PROMPTS,
+    menu=MenuEntry("unbind", "unbind", 20),
+    goals=("unbind",),
+    errand_keys=("unbind_selected",),
 )
-PROMPTS = {PICK: _pick_reply, CONFIRM: _confirm_reply, DONE: lambda ctx: _done_reply()}

@@ -29,13 +29,28 @@ def recent(record: object, now: datetime) -> bool:
 
 
 def verified_recently(ctx: Ctx) -> bool:
-    return recent(ctx.data.get("verified"), ctx.event.now)
+    typed = ctx.data.get("typed_phone")
+    verified = ctx.data.get("verified")
+    if isinstance(typed, dict) and isinstance(verified, dict) and typed.get("masked") != verified.get("masked"):
+        return False  # the user just typed another number: that one needs its own code
+    return recent(verified, ctx.event.now)
+
+
+def _send_typed(ctx: Ctx) -> Effect | None:
+    """A number typed earlier in the conversation (kept sealed) saves typing it again."""
+    typed = ctx.data.get("typed_phone")
+    if isinstance(typed, dict) and typed.get("sealed"):
+        return Effect("otp.send", {"sealed": str(typed["sealed"]), "lang": ctx.lang})
+    return None
 
 
 def start(ctx: Ctx) -> Step:
     """Entry for every flow that needs a verified number; `goal` in data says where to go next."""
     if ctx.data.get("consent") != CONSENT_VERSION:
         return Step(CONSENT, ctx.data, (_consent_reply(),))
+    typed = _send_typed(ctx)
+    if typed is not None:
+        return Step(PHONE, ctx.with_data(typed_phone=None), (), (typed,))
     return Step(PHONE, ctx.data, (_phone_reply(),))
 
 
@@ -47,11 +62,16 @@ def _consent_reply() -> Reply:
 
 
 def _phone_reply() -> Reply:
-    return Reply(Msg("verify.ask_phone"), (Choice("menu", Msg("common.back_to_menu")),), request_contact=True)
+    return Reply(Msg("verify.ask_phone"), (Choice("menu", Msg("common.back_to_menu")),), request_contact=True,
+                 expects="phone")
 
 
 def _code_reply(masked: str) -> Reply:
-    return Reply(Msg("verify.ask_code", {"masked": masked}), _code_choices())
+    return Reply(Msg("verify.ask_code", {"masked": masked}), _code_choices(), expects="code")
+
+
+def _code_next() -> Reply:
+    return Reply(Msg("verify.code_next"), _code_choices(), expects="code")
 
 
 def _code_choices() -> tuple[Choice, ...]:
@@ -65,6 +85,10 @@ def _code_choices() -> tuple[Choice, ...]:
 def _consent(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "choice" and event.choice == "agree":
+        typed = _send_typed(ctx)
+        if typed is not None:
+            return Step(PHONE, ctx.with_data(consent=CONSENT_VERSION, typed_phone=None),
+                        (Reply(Msg("verify.consent.thanks")),), (_record(True), typed))
         return Step(
             PHONE,
             ctx.with_data(consent=CONSENT_VERSION),
@@ -90,7 +114,7 @@ def _send_failure(ctx: Ctx, state: str) -> Step:
         "user_daily_limit": "verify.sms.user_daily_limit",
         "budget": "verify.sms.budget",
     }.get(reason, "verify.sms.failed")
-    follow = _phone_reply() if state == PHONE else Reply(Msg("verify.code_next"), _code_choices())
+    follow = _phone_reply() if state == PHONE else _code_next()
     return Step(state, ctx.data, (Reply(Msg(key, params), error=True), follow))
 
 
@@ -153,7 +177,8 @@ def _code(ctx: Ctx) -> Step:
         if parse_mainland_mobile(event.text).problem == "ok":
             # A number typed at the code prompt: the user wants another number, so start over with it.
             return _phone(Ctx(PHONE, ctx.with_data(challenge_id=None, phone_masked=None), event))
-    return Step(CODE, ctx.data, (Reply(Msg("verify.code_format"), error=True), _code_reply(_masked(ctx))))
+    # Not "the code was sent to …" again: nothing was sent, and repeating it reads as if something was (issue 12).
+    return Step(CODE, ctx.data, (Reply(Msg("verify.code_format"), error=True), _code_next()))
 
 
 def _masked(ctx: Ctx) -> str:
@@ -168,9 +193,9 @@ def _checked(ctx: Ctx) -> Step:
     if reason == "wrong":
         remaining = int(result.get("remaining", 0))
         return Step(CODE, ctx.data, (Reply(Msg("verify.code_wrong", {"remaining": remaining}), error=True),
-                                     Reply(Msg("verify.code_next"), _code_choices())))
+                                     _code_next()))
     key = {"locked": "verify.code_locked", "expired": "verify.code_expired"}.get(reason, "verify.code_invalid")
-    return Step(CODE, ctx.data, (Reply(Msg(key), error=True), Reply(Msg("verify.code_next"), _code_choices())))
+    return Step(CODE, ctx.data, (Reply(Msg(key), error=True), _code_next()))
 
 
 def _verified(ctx: Ctx) -> Step:
@@ -182,6 +207,12 @@ def _verified(ctx: Ctx) -> Step:
     data = ctx.with_data(verified=verified, challenge_id=None, phone_masked=None)
     return Step("@goal", data, (Reply(Msg("verify.done", {"masked": masked})),))
 
+
+PROMPTS = {
+    CONSENT: lambda ctx: _consent_reply(),
+    PHONE: lambda ctx: _phone_reply(),
+    CODE: lambda ctx: _code_reply(_masked(ctx)),
+}
 
 FLOW = Flow(
     name="verify",
@@ -196,9 +227,8 @@ FLOW = Flow(
         Edge(CODE, "@goal", "code ok"),
         Edge(CODE, "@menu", "back"),
     ),
+    starters={"verify": start},
+    entries=(Edge("@verify", CONSENT, "no consent yet"), Edge("@verify", PHONE, "consented")),
+    prompts=PROMPTS,
+    errand_keys=("challenge_id", "phone_masked"),
 )
-PROMPTS = {
-    CONSENT: lambda ctx: _consent_reply(),
-    PHONE: lambda ctx: _phone_reply(),
-    CODE: lambda ctx: _code_reply(_masked(ctx)),
-}

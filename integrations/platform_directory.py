@@ -35,7 +35,10 @@ DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard", "impossible")
 DEFAULT_PATH = Path(__file__).with_name("platform_directory.json")
 
 _REQUIRED_TEXT = ("id", "name_zh", "name_en", "category", "difficulty")
-_OPTIONAL_TEXT = ("change_path_zh", "change_path_en", "notes_zh", "notes_en")
+_OPTIONAL_TEXT = ("change_path_zh", "change_path_en", "notes_zh", "notes_en", "appeal_zh", "appeal_en")
+# Days we give a platform's own appeal before the next rung of the escalation ladder opens, where the platform
+# states none. An assumption, not a rule: README says so.
+DEFAULT_APPEAL_DAYS = 7
 
 
 class DirectoryError(ValueError):
@@ -54,6 +57,10 @@ class Platform:
     difficulty: Difficulty
     notes_zh: str = ""
     notes_en: str = ""
+    # Where the platform's own appeal (人工申诉) is: the first rung of the escalation ladder. Empty when unknown.
+    appeal_zh: str = ""
+    appeal_en: str = ""
+    appeal_days: int = DEFAULT_APPEAL_DAYS
 
     def name(self, locale: str) -> str:
         return self.name_en if locale.startswith("en") else self.name_zh
@@ -105,7 +112,7 @@ def _parse_platform(index: int, raw: object) -> Platform:
         raise DirectoryError(f"platforms[{index}] is not an object")
     entry = cast(dict[str, Any], raw)
     where = f"platforms[{index}] ({entry.get('id', '?')})"
-    known = set(_REQUIRED_TEXT) | set(_OPTIONAL_TEXT) | {"registry_unbind"}
+    known = set(_REQUIRED_TEXT) | set(_OPTIONAL_TEXT) | {"registry_unbind", "appeal_days"}
     unknown = set(entry) - known
     if unknown:
         raise DirectoryError(f"{where}: unknown fields {sorted(unknown)}")
@@ -123,6 +130,9 @@ def _parse_platform(index: int, raw: object) -> Platform:
         raise DirectoryError(f"{where}: unknown category {entry['category']!r}")
     if entry["difficulty"] not in DIFFICULTIES:
         raise DirectoryError(f"{where}: difficulty must be one of {', '.join(DIFFICULTIES)}")
+    appeal_days = entry.get("appeal_days", DEFAULT_APPEAL_DAYS)
+    if not isinstance(appeal_days, int) or isinstance(appeal_days, bool) or not 1 <= appeal_days <= 60:
+        raise DirectoryError(f"{where}: appeal_days must be a whole number of days from 1 to 60")
     if not isinstance(entry.get("registry_unbind"), bool):
         raise DirectoryError(f"{where}: registry_unbind must be true or false")
     return Platform(
@@ -136,6 +146,9 @@ def _parse_platform(index: int, raw: object) -> Platform:
         difficulty=cast(Difficulty, entry["difficulty"]),
         notes_zh=entry.get("notes_zh", ""),
         notes_en=entry.get("notes_en", ""),
+        appeal_zh=entry.get("appeal_zh", ""),
+        appeal_en=entry.get("appeal_en", ""),
+        appeal_days=appeal_days,
     )
 
 

@@ -194,8 +194,11 @@ def parse_callback(body: bytes) -> UnbindRequest:
 class RegistryClient:
     """One registry base URL, e.g. `http://127.0.0.1:8080/sandbox/registry`."""
 
-    def __init__(self, base_url: str, *, session: aiohttp.ClientSession | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, *, session: aiohttp.ClientSession | None = None, timeout: float = 5.0,
+                 token: str = "") -> None:
         self._base = base_url.rstrip("/")
+        # A bearer token for registries that ask for one (the standalone sandbox always does).
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._session = session
         self._owns_session = session is None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -323,11 +326,13 @@ class RegistryClient:
         _, data = await self._request("GET", f"/v1/unbind-requests/{_token(request_id)}")
         return parse_unbind_request(data)
 
-    async def create_tag(self, phone: str, kind: TagKind, since: str) -> Tag:
-        """Files a 号码标记 tag; `since` is `YYYY-MM`. Returns the code callers can look up."""
+    async def create_tag(self, phone: str, kind: TagKind, since: str, idempotency_key: str | None = None) -> Tag:
+        """Files a 号码标记 tag; `since` is `YYYY-MM`. Returns the code callers can look up. A retry with the same
+        `idempotency_key` returns the tag first filed under it."""
         _, data = await self._request(
             "POST", f"/v1/numbers/{_phone(phone)}/tags", json_body={"kind": kind, "since": since},
-            allow=(201,), phone=phone,
+            allow=(200, 201), phone=phone,
+            headers={"Idempotency-Key": idempotency_key} if idempotency_key else None,
         )
         return _tag(data)
 
@@ -360,7 +365,8 @@ class RegistryClient:
         session = self._ensure_session()
         try:
             async with session.request(
-                method, self._base + path, json=json_body, headers=headers, timeout=self._timeout,
+                method, self._base + path, json=json_body, headers={**self._auth, **(headers or {})},
+                timeout=self._timeout,
             ) as response:
                 status = response.status
                 raw = await response.read()

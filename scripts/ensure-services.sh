@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
-# Finds or installs what the test suite needs beyond Python: Debian's Chromium for the browser
-# tests, and (when the suite uses them) PostgreSQL and Redis on loopback.
+# Finds or installs what the test suite needs beyond Python: Debian's Chromium for the browser tests, nginx and
+# docker-compose for the deployment tests (the proxy config is run, compose.yaml is resolved), and PostgreSQL and
+# Redis on loopback.
 set -uo pipefail
-if ! command -v chromium >/dev/null 2>&1; then
+browser=()
+tools=()
+command -v chromium >/dev/null 2>&1 || browser+=(chromium fonts-noto-cjk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || tools+=(nginx-light)
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || tools+=(docker-compose)
+if [ $((${#browser[@]} + ${#tools[@]})) -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing Debian's chromium for the browser tests"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null
+    echo "installing Debian's ${browser[*]} ${tools[*]} for the tests"
+    apt-get update -qq
+    if [ ${#browser[@]} -gt 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${browser[@]}" >/dev/null
+    fi
+    if [ ${#tools[@]} -gt 0 ]; then
+      # Without recommends: docker-compose would bring a Docker engine, which the tests do not use.
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${tools[@]}" >/dev/null
+    fi
+    # The nginx package starts a server on port 80 where it can; the tests run their own.
+    if [ -f /run/nginx.pid ]; then nginx -s stop 2>/dev/null || true; fi
   else
-    echo "chromium is missing: install Debian's 'chromium' package for the browser tests" >&2
+    echo "missing for the tests: ${browser[*]} ${tools[*]} (Debian packages)" >&2
   fi
 fi
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1; then

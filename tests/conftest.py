@@ -18,6 +18,7 @@ import pytest
 from bot.config import Settings
 from bot.server import RunningServer, start_server
 from bot.structured_logs import JsonFormatter
+from tests.sandbox_template import provide_sandbox_population
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -25,7 +26,10 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "data_dir": tmp_path, "secret_key": "test-secret-key"}
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    if settings.embedded_registry:
+        provide_sandbox_population(settings.data_dir)
+    return settings
 
 
 @pytest.fixture
@@ -89,6 +93,21 @@ class Chat:
         offered = [c["id"] for m in self.last for c in m.get("choices", [])]
         assert choice in offered, f"{choice!r} not offered; offered {offered}: {self.text}"
         return await self.send({"choice": choice})
+
+    async def file_every_unbind(self) -> None:
+        """From the list of eligible platforms: 一键 when there are several, the one platform otherwise, then the
+        confirmation when one is asked for."""
+        offered = [c["id"] for m in self.last for c in m.get("choices", [])]
+        one = next((c for c in offered if c.startswith("p:")), None)
+        await self.pick("all" if "all" in offered or one is None else one)
+        await self.pick_if_offered("confirm")
+
+    async def pick_if_offered(self, *choices: str) -> None:
+        """Presses the first of `choices` on offer, if any (screens that a shorter journey may have merged)."""
+        for choice in choices:
+            if any(c["id"] == choice for m in self.last for c in m.get("choices", [])):
+                await self.pick(choice)
+                return
 
     @property
     def text(self) -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.sandbox_template import provide_sandbox_population
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,6 +24,8 @@ def free_port() -> int:
 async def start_bot(port: int, env: dict[str, str], probe: str = "/readyz") -> asyncio.subprocess.Process:
     """Starts the bot on `port` with `env` added, and returns once `probe` answers 200."""
     full_env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING", **env}
+    if full_env.get("DATA_DIR") and not full_env.get("REGISTRY_URL"):
+        provide_sandbox_population(Path(full_env["DATA_DIR"]))
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", cwd=ROOT, env=full_env,
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     async with aiohttp.ClientSession() as http:

@@ -71,7 +71,7 @@ def test_the_page_takes_its_words_from_the_catalog() -> None:
 
 
 def test_keys_built_at_run_time_exist() -> None:
-    from dialogs import guide, menu
+    from dialogs import guide, registry
     from dialogs.idcard import IdReason
     from dialogs.phones import PhoneProblem
     from integrations.platform_directory import CATEGORIES, DIFFICULTIES
@@ -83,7 +83,7 @@ def test_keys_built_at_run_time_exist() -> None:
     keys += [f"unbind.update.{s}" for s in ("submitted", "submitted_late", "processing", "done", "rejected", "refused")]
     keys += [f"realname.id.{r}" for r in IdReason.__args__ if r != "ok"]
     keys += [f"verify.phone.{p}" for p in PhoneProblem.__args__ if p != "ok"]
-    keys += [f"menu.{choice}" for choice, _ in menu.MENU_ITEMS]
+    keys += [f"menu.{entry.choice}" for entry in registry.menu_entries()]
     keys += [f"plan.task.{t}" for t, _ in __import__("bot.plans", fromlist=["TASKS"]).TASKS]
     keys += [f"plan.date.{p}" for p in ("unreadable", "past", "too_far")]
     keys += [f"carrier.{c}" for c in ("china_mobile", "china_unicom", "china_telecom", "china_broadnet")]

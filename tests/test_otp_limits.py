@@ -1,4 +1,4 @@
-"""OTP limits: per number, per user, the global budget, and the same wording for known and unknown numbers."""
+"""OTP limits: per number, per client, the global budget, and the same wording for known and unknown numbers."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ from tests.conftest import Chat, make_settings
 
 @pytest.fixture
 async def no_wait(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    srv = await start_server(make_settings(tmp_path, otp_resend_seconds=0, otp_global_daily=11))
+    srv = await start_server(make_settings(tmp_path, otp_resend_seconds=0, otp_global_daily=11,
+                                           trusted_proxies="127.0.0.1/32", otp_pow_after=100))
     yield srv
     await srv.stop()
 
 
 async def at_phone_prompt(http: aiohttp.ClientSession, base: str) -> Chat:
+    """A web chat client at the phone prompt; with a different `http` (its own X-Forwarded-For behind our
+    trusted proxy) it is another client."""
     chat = await Chat(http, base).open()
     await chat.to_phone_prompt()
     return chat
@@ -44,13 +47,14 @@ async def test_five_codes_per_number_ten_per_user_and_a_global_budget(no_wait: R
     await chat.pick("change")
     await chat.say(phones[6])
     assert "您今天获取验证码的次数已达上限" in chat.text
-    # The whole bot's budget (11 here) stops a second user too, whatever number they try.
-    other = await at_phone_prompt(http, no_wait.url)
-    await other.say(phones[7])
-    assert "验证码已发送" in other.text
-    await other.pick("change")
-    await other.say(phones[8])
-    assert "短信服务今天较繁忙" in other.text
+    # The whole bot's budget (11 here) stops a second client too, whatever number they try.
+    async with aiohttp.ClientSession(headers={"X-Forwarded-For": "198.51.100.20"}) as elsewhere:
+        other = await at_phone_prompt(elsewhere, no_wait.url)
+        await other.say(phones[7])
+        assert "验证码已发送" in other.text
+        await other.pick("change")
+        await other.say(phones[8])
+        assert "短信服务今天较繁忙" in other.text
 
 
 async def test_same_wording_for_known_and_unknown_numbers(server: RunningServer, http: aiohttp.ClientSession) -> None:
@@ -76,3 +80,24 @@ async def test_expired_code_is_refused(tmp_path: Path, http: aiohttp.ClientSessi
         assert "验证码已过期" in chat.text
     finally:
         await srv.stop()
+
+
+async def test_a_replayed_delivery_gets_its_first_code_and_no_second_sms(server: RunningServer) -> None:
+    from datetime import UTC, datetime
+
+    rt = server.runtime
+    chat_user = await rt.dispatcher.user_for("web", "otp-replay-test", "zh_CN")
+    assert chat_user is not None
+    now = datetime.now(UTC)
+    phone = "13912345678"
+
+    def text(code: str, minutes: int) -> str:
+        return f"code {code} ({minutes} min)"
+
+    first = await rt.otp.send(chat_user.id, phone, text, now, client="web:203.0.113.5", delivery_key="web:7:0:0")
+    again = await rt.otp.send(chat_user.id, phone, text, now, client="web:203.0.113.5", delivery_key="web:7:0:0")
+    assert first.ok and again == first
+    assert len(rt.sandbox_sms.sent(phone)) == 1  # type: ignore[union-attr]
+    # Another delivery for the same number is a new send, and the number's resend wait answers it.
+    other = await rt.otp.send(chat_user.id, phone, text, now, client="web:203.0.113.5", delivery_key="web:8:0:0")
+    assert not other.ok and other.reason == "too_soon"

@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.plans import beijing_moment, beijing_today
+from bot.plans import reminder_moment as beijing_moment
 from bot.server import RunningServer, start_server
+from domain.beijing import today as beijing_today
 from integrations.sandbox_registry.app import create_app as create_sandbox
 from tests.conftest import Chat, make_settings
 from tests.processes import free_port, start_bot
@@ -63,17 +64,25 @@ async def test_plan_made_ticked_and_snoozed(chat: Chat) -> None:
     order = [items.index(name) for name in ("银行卡预留手机号、U 盾和短信提醒", "备份通讯录", "注销后销毁旧 SIM 卡")]
     assert order == sorted(order), "money first, the SIM last"
     first = next(c for m in chat.last for c in m["choices"] if c["id"].startswith("i:"))
+    assert first["label"] == f"1. {items[0]}"  # the button carries the number the list shows
     await chat.pick(first["id"])
     await chat.pick("done")
-    assert f"已完成 1/{total} 项" in chat.text and f"✅ 1. {first['label']}" in chat.text
+    # One line per tick, not the whole list again (issue 12, finding 2).
+    assert chat.text == f"✅ 已完成：{first['label']}。还剩 {total - 1} 项。"
+    await chat.pick("list")
+    assert f"已完成 1/{total} 项" in chat.text and f"✅ {first['label']}" in chat.text
     second = next(c for m in chat.last for c in m["choices"] if c["id"].startswith("i:"))
     await chat.pick(second["id"])
     await chat.pick("snooze")
-    assert re.search(rf"⏰ 2\. {re.escape(second['label'])}（\d{{4}}-\d{{2}}-\d{{2}} 再提醒）", chat.text)
+    assert re.search(rf"⏰ {re.escape(second['label'])}：\d{{4}}-\d{{2}}-\d{{2}} 再提醒您", chat.text), chat.text
+    await chat.say(str(total))  # typed: the last item on the list, by its number
+    assert f"{total}. 注销后销毁旧 SIM 卡" in chat.text and "还剩" in chat.text
     await chat.pick("date")
     await chat.say("下周五")
     assert "注销计划：" in chat.text
     await chat.pick("cancel")
+    assert "确定要取消" in chat.text and "注销计划已取消" not in chat.text
+    await chat.pick("confirm")
     assert "注销计划已取消" in chat.text
 
 
@@ -214,3 +223,12 @@ async def test_kill_9_during_a_reminder_then_it_runs_exactly_once(tmp_path: Path
             proc.terminate()
             await proc.wait()
         await registry.cleanup()
+
+
+async def test_the_checklist_merges_a_bound_platform_into_the_task_that_names_it(server: RunningServer) -> None:
+    """Issue 12, finding 2: not "支付宝" and "支付宝等支付 App 的绑定手机号" side by side."""
+    names = [item.name_zh for item in server.runtime.plans._checklist(["alipay", "icbc", "apple_id", "weibo",
+                                                                        "kuaishou"])]
+    assert "支付宝" not in names and "工商银行" not in names
+    assert "支付宝等支付 App 的绑定手机号" in names and "微博" in names
+    assert len(names) == len(set(names))

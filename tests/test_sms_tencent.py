@@ -199,13 +199,12 @@ async def test_http_500_is_retryable(fake: FakeTencentSms) -> None:
 async def test_stalled_provider_times_out_quickly(fake: FakeTencentSms) -> None:
     fake.stall()
     gateway = make_gateway(fake, timeout=0.3)
-    started = time.monotonic()
     try:
         with pytest.raises(SmsError) as caught:
             await gateway.send_code(PHONE, CODE, 5, "")
     finally:
         await gateway.close()
-    assert time.monotonic() - started < 3
+    # Our own timeout fired ("Timeout"), not the stalled fake giving up after 30 s ("InternalError.Timeout").
     assert caught.value.retryable
     assert caught.value.code == "Timeout"
     assert_no_secrets(str(caught.value))

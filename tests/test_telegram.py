@@ -21,6 +21,7 @@ from sqlmodel import col, select
 
 from bot.channels.telegram import SECRET_HEADER, WEBHOOK_PATH, TelegramChannel, setup_telegram
 from bot.channels.telegram_render import say
+from bot.config import ConfigurationError
 from bot.server import SANDBOX_REGISTRY_PATH, create_app
 from bot.storage import Conversation, InboxItem, OutboxMessage, User
 from bot.web.chat import RUNTIME
@@ -29,7 +30,7 @@ from integrations.registry import RegistryClient
 from integrations.sandbox_registry.app import MaskingAccessLogger
 from tests.conftest import make_settings
 from tests.fakes import fake_bot_api as tg
-from tests.fakes.fake_bot_api import FakeBotApi
+from tests.fakes.fake_bot_api import FakeBotApi, FloodRules, flood_violations
 
 SECRET = "s3cret-token_for-tests"
 TOKEN = "123:ABC"
@@ -88,18 +89,25 @@ class TgServer:
 
 
 async def start_tg(tmp_path: Path, fake: FakeBotApi, http: aiohttp.ClientSession, *, webhook: bool = True,
-                   **overrides: Any) -> TgServer:
-    """Like bot.server.start_server, with the channel's pacing loosened for tests that are not about pacing."""
-    settings = make_settings(tmp_path, telegram_bot_token=TOKEN, telegram_api_base_url=fake.base_url,
-                             telegram_webhook_url="https://bot.example.test/telegram/webhook" if webhook else "",
-                             telegram_webhook_secret=SECRET if webhook else "", **overrides)
+                   real_limits: bool = False, **overrides: Any) -> TgServer:
+    """Like bot.server.start_server, with the channel's pacing loosened for tests that are not about pacing,
+    and the fake's flood control loosened to match (still enforced: teardown checks it never had to refuse)."""
+    overrides.setdefault("telegram_webhook_url", "https://bot.example.test/telegram/webhook" if webhook else "")
+    overrides.setdefault("telegram_webhook_secret", SECRET if webhook else "")
+    settings = make_settings(tmp_path, telegram_bot_token=TOKEN, telegram_api_base_url=fake.base_url, **overrides)
     app = create_app(settings)
     rt = app[RUNTIME]
     channel = setup_telegram(app, rt)
     assert channel is not None
-    # Tests that are not about pacing should not wait a second per message.
-    channel.limits.chat_per_second = 200.0
-    channel.limits.interactive_burst = 50
+    if not real_limits:
+        # Tests that are not about pacing should not wait a second per message: a faster "Telegram".
+        channel.limits.chat_per_second = 200.0
+        channel.limits.interactive_burst = 50
+        channel.limits.bot_per_second = 900.0
+        channel.limits.group_per_minute = 600.0
+        if fake.flood is not None:
+            fake.flood.rules = FloodRules(bot_per_second=1000, chat_per_second=200.0, chat_burst=50,
+                                          group_per_minute=600)
     channel.limits.outbox_poll = 0.1
     channel.limits.backoff_base = 0.05
     channel.limits.api_timeout = 2.0
@@ -136,6 +144,7 @@ async def srv(tmp_path: Path, fake: FakeBotApi, http: aiohttp.ClientSession) -> 
     server = await start_tg(tmp_path, fake, http)
     yield server
     await server.runner.cleanup()
+    assert fake.flood_refusals == [], "the bot sent over the limits it was given"
 
 
 @dataclass
@@ -281,8 +290,8 @@ async def test_verify_lookup_unbind_with_contact_share(srv: TgServer, log_captur
     await user.say(person["name"])
     await user.say(person["id_number"])
     await user.click("confirm")
-    await user.click("all")
-    done = await user.click("confirm")
+    # The list above the button is what is filed: 一键解绑 needs no second screen.
+    done = await user.click("all")
     assert re.search(r"HQ\d{8}-[A-Z0-9]{6}", texts(done)), texts(done)
 
     rows = await srv.rows(OutboxMessage, col(OutboxMessage.channel) == "telegram")
@@ -413,7 +422,13 @@ async def test_button_answer_rides_on_the_webhook_response(srv: TgServer) -> Non
 
 async def test_same_menu_again_is_edited_in_place(srv: TgServer) -> None:
     user = TgUser(srv, 7040)
+    person = await demo(srv)
     await user.say("/start")
+    # "My requests" belongs to a verified number.
+    await user.click("lookup")
+    await user.click("agree")
+    await user.share_contact("+86 " + person["phone"])
+    await user.say("/menu")
     await user.click("requests")
     message_id, _ = user.keyboard_message("refresh")
     edits_before = len(srv.fake.called("editMessageText"))
@@ -607,6 +622,7 @@ async def polling(tmp_path: Path, fake: FakeBotApi, http: aiohttp.ClientSession)
     server = await start_tg(tmp_path, fake, http, webhook=False)
     yield server
     await server.runner.cleanup()
+    assert fake.flood_refusals == [], "the bot sent over the limits it was given"
 
 
 async def test_polling_mode_runs_the_conversation_in_order(polling: TgServer) -> None:
@@ -712,3 +728,136 @@ async def test_plan_date_from_the_calendar(srv: TgServer) -> None:
                                          buttons=[b["callback_data"] for row in edited["inline_keyboard"]
                                                   for b in row]))
     assert f"注销计划：{picked[5:]}" in texts(result), texts(result)
+
+
+# ---- Telegram as it really behaves (issue 10) ------------------------------------------------------------
+
+@pytest.mark.parametrize(("url", "secret", "setting"), [
+    ("http://bot.example.test/telegram/webhook", SECRET, "TELEGRAM_WEBHOOK_URL"),
+    ("https://bot.example.test:8080/telegram/webhook", SECRET, "TELEGRAM_WEBHOOK_URL"),
+    ("bot.example.test/telegram/webhook", SECRET, "TELEGRAM_WEBHOOK_URL"),
+    ("https://bot.example.test/telegram/webhook", "has spaces!", "TELEGRAM_WEBHOOK_SECRET"),
+    ("https://bot.example.test/telegram/webhook", "x" * 257, "TELEGRAM_WEBHOOK_SECRET"),
+], ids=["http", "port", "no-scheme", "secret-chars", "secret-long"])
+async def test_a_webhook_telegram_would_refuse_stops_the_start(tmp_path: Path, fake: FakeBotApi,
+                                                               http: aiohttp.ClientSession, url: str, secret: str,
+                                                               setting: str) -> None:
+    with pytest.raises(ConfigurationError, match=setting):
+        await start_tg(tmp_path, fake, http, telegram_webhook_url=url, telegram_webhook_secret=secret)
+    assert fake.called("setWebhook") == [], "refused before asking Telegram"
+
+
+async def test_a_refused_token_or_webhook_stops_the_start_naming_the_setting(
+        tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    other = await FakeBotApi("999:OTHER").start()  # does not know our token: 401 like Telegram
+    try:
+        with pytest.raises(ConfigurationError, match="TELEGRAM_BOT_TOKEN"):
+            await start_tg(tmp_path / "a", other, http)
+    finally:
+        await other.stop()
+    fake = await FakeBotApi(TOKEN).start()
+    try:
+        # What only Telegram can tell (its DNS, its certificate check) comes back as a 400 from setWebhook.
+        fake.fail("400", method="setWebhook", description="Bad Request: bad webhook: Failed to resolve host")
+        with pytest.raises(ConfigurationError, match=r"(?i)TELEGRAM_WEBHOOK_URL.*failed to resolve host"):
+            await start_tg(tmp_path / "b", fake, http)
+        assert len(fake.called("setWebhook")) == 1, "not retried as if it were bad luck"
+    finally:
+        await fake.stop()
+
+
+async def test_the_fake_refuses_what_telegram_refuses(fake: FakeBotApi, http: aiohttp.ClientSession) -> None:
+    async def call(method: str, **params: Any) -> tuple[int, dict[str, Any]]:
+        async with http.post(f"{fake.base_url}{TOKEN}/{method}", json=params) as r:
+            return r.status, await r.json()
+
+    assert (await call("sendMessage", chat_id=1, text="a" * 4097))[0] == 400
+    assert (await call("sendMessage", chat_id=2, text="😀" * 2049))[0] == 400, "UTF-16 units are counted"
+    assert (await call("sendMessage", chat_id=3, text="a" * 4096))[0] == 200
+    button = {"text": "b", "callback_data": "x" * 65}
+    assert (await call("sendMessage", chat_id=4, text="t", reply_markup={"inline_keyboard": [[button]]}))[0] == 400
+    many = [[{"text": "b", "callback_data": str(i)}] for i in range(101)]
+    assert (await call("sendMessage", chat_id=5, text="t", reply_markup={"inline_keyboard": many}))[0] == 400
+    contact = {"keyboard": [[{"text": "phone", "request_contact": True}]]}
+    status, body = await call("sendMessage", chat_id=-100, text="t", reply_markup=contact)
+    assert status == 400 and "private chats only" in body["description"]
+    for url in ("http://x.example/hook", "https://x.example:8080/hook"):
+        assert (await call("setWebhook", url=url))[0] == 400
+    assert (await call("setWebhook", url="https://x.example/hook", secret_token="no spaces"))[0] == 400
+    assert (await call("setWebhook", url="https://x.example:8443/hook", secret_token="ok_-1"))[0] == 200
+    assert (await call("getUpdates"))[0] == 409, "no getUpdates while a webhook is set"
+    # Flood control of its own: a burst of 3 per private chat, then one a second.
+    statuses = [(await call("sendMessage", chat_id=77, text="m"))[0] for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    status, body = await call("sendMessage", chat_id=77, text="m")
+    assert status == 429 and body["parameters"]["retry_after"] >= 1
+    # 30 a second across the bot.
+    statuses = [(await call("sendMessage", chat_id=1000 + i, text="m"))[0] for i in range(31)]
+    assert statuses.count(429) >= 1
+    assert len(fake.flood_refusals) >= 3
+    assert flood_violations([("sendMessage", 5, 0.0), ("sendMessage", 5, 0.1), ("sendMessage", 5, 0.2),
+                             ("sendMessage", 5, 0.3)]) == ["sendMessage to 5 at 0.300"]
+
+
+async def test_under_real_limits_replies_go_first_and_nothing_draws_a_429(tmp_path: Path, fake: FakeBotApi,
+                                                                          http: aiohttp.ClientSession) -> None:
+    srv = await start_tg(tmp_path, fake, http, real_limits=True)
+    try:
+        users = [TgUser(srv, 8000 + i) for i in range(30)]
+        for user in users:
+            await user.say("/start")
+            await asyncio.sleep(0)
+        ids = []
+        for user in users:
+            row = await srv.user(user.chat_id)
+            assert row is not None and row.id is not None
+            ids.append(row.id)
+        # 60 pushes: two seconds of the whole bot's budget.
+        for user_id in ids:
+            await srv.rt.dispatcher.push(user_id, [Reply(Msg("help")), Reply(Msg("help"))], channel="telegram")
+        await fake.wait_for(lambda: len(fake.called("sendMessage", ok=True)) >= 60 + 10, timeout=20)
+        talker = TgUser(srv, 8100)
+        answer = await talker.say("/start")
+        assert len(answer) == 2
+        reply_at = max(c.at for c in fake.called("sendMessage", chat_id=talker.chat_id, ok=True))
+        await fake.wait_for(lambda: len(fake.called("sendMessage", ok=True)) >= 60 + 60 + 2, timeout=30)
+        later_pushes = [c for c in fake.called("sendMessage", ok=True) if c.chat_id != talker.chat_id
+                        and c.at > reply_at]
+        assert later_pushes, "the reply overtook pushes already waiting"
+        assert fake.flood_refusals == []
+        timeline = [(c.method, c.chat_id, c.at) for c in fake.calls if c.status == 200]
+        assert flood_violations(timeline) == []
+    finally:
+        await srv.runner.cleanup()
+
+
+async def test_a_button_is_answered_on_every_path(srv: TgServer) -> None:
+    user = TgUser(srv, 7600)
+    await user.say("/start")
+    message_id, buttons = user.keyboard_message("lookup")
+    update = {"update_id": 555_001, **tg.callback(user.chat_id, "lookup", message_id=message_id, buttons=buttons)}
+    press = update["callback_query"]["id"]
+    assert await srv.post(update) == 200
+    # Telegram lost our answer and sends the update again: the spinner still turns, so it is answered again.
+    assert await srv.post(update) == 200
+    answered = [c for c in srv.fake.called("answerCallbackQuery") if c.params.get("callback_query_id") == press]
+    assert len(answered) == 2
+    # An update we cannot even parse still has its button answered.
+    broken = {"update_id": 555_002, "callback_query": {"id": "cq-broken", "from": "not a user", "data": "x"}}
+    assert await srv.post(broken) == 200
+    assert [c.params.get("callback_query_id") for c in srv.fake.called("answerCallbackQuery")][-1] == "cq-broken"
+
+
+async def test_a_button_whose_update_keeps_failing_is_still_answered(srv: TgServer) -> None:
+    user = TgUser(srv, 7700)
+    await user.say("/start")
+    message_id, buttons = user.keyboard_message("lookup")
+    # A real fault, not a mock: the conversation table is gone, so every try of the step fails.
+    async with srv.rt.db.engine.begin() as conn:
+        await conn.exec_driver_sql("DROP TABLE conversations")
+    update = {"update_id": 556_001, **tg.callback(user.chat_id, "lookup", message_id=message_id, buttons=buttons)}
+    press = update["callback_query"]["id"]
+    statuses = [await srv.post(update) for _ in range(3)]
+    assert statuses == [500, 500, 200], "Telegram retries twice, then the update is given up"
+    answered = [c for c in srv.fake.called("answerCallbackQuery") if c.params.get("callback_query_id") == press]
+    assert len(answered) == 1, "the give-up answer stops the spinner"

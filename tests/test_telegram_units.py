@@ -81,8 +81,11 @@ def test_contact_request_is_a_reply_keyboard_taken_down_by_the_next_plain_messag
 def test_long_texts_are_split_with_the_keyboard_on_the_last_part(catalog: Catalog) -> None:
     text = "\n".join(f"line {i} " + "x" * 90 for i in range(100))
     parts = split_text(text)
-    assert len(parts) == 3 and all(len(p) <= 4000 for p in parts) and "\n".join(parts) == text
-    assert split_text("y" * 9000) == ["y" * 4000, "y" * 4000, "y" * 1000]
+    assert len(parts) == 3 and all(len(p) <= 4096 for p in parts) and "\n".join(parts) == text
+    assert split_text("y" * 9000) == ["y" * 4096, "y" * 4096, "y" * 808]
+    # Telegram counts UTF-16 units: an emoji is two, and a pair is never split.
+    emoji = split_text("😀" * 3000)
+    assert [len(p) for p in emoji] == [2048, 952] and "".join(emoji) == "😀" * 3000
     messages = render_payload({"seq": 1, "text": text, "choices": [{"id": "m", "label": "M"}]}, catalog, "en")
     assert [m.markup is None for m in messages] == [True, True, False]
 
@@ -268,4 +271,35 @@ async def test_aiohttp_request_speaks_to_the_bot_api() -> None:
         assert json.loads(json.dumps(fake.commands)) == {}
     finally:
         await bot.shutdown()
+        await fake.stop()
+
+
+async def test_the_raw_send_path_raises_what_ptb_would() -> None:
+    from telegram.error import Conflict, InvalidToken, NetworkError
+
+    from bot.channels.telegram_send import LeanBot
+
+    fake = await FakeBotApi("9:T").start()
+    requests = [AiohttpRequest(), AiohttpRequest()]
+    bot = LeanBot("9:T", base_url=fake.base_url, request=requests[0], get_updates_request=requests[1])
+    markup = InlineKeyboardMarkup.from_button(__import__("telegram").InlineKeyboardButton("a", callback_data="a"))
+    try:
+        sent = await bot.send_raw("sendMessage", {"chat_id": 42, "text": "你好", "reply_markup": markup,
+                                                  "parse_mode": None}, 2.0)
+        assert sent["message_id"] and fake.called("sendMessage")[-1].params["reply_markup"] == markup.to_dict()
+        assert "parse_mode" not in fake.called("sendMessage")[-1].params, "None is left out, as PTB does"
+        for kind, error in (("429", RetryAfter), ("403", Forbidden), ("400", BadRequest), ("409", Conflict),
+                            ("502", NetworkError)):
+            fake.fail(kind, method="sendMessage", retry_after=2)
+            with pytest.raises(error) as raised:
+                await bot.send_raw("sendMessage", {"chat_id": 43, "text": "x"}, 2.0)
+            if kind == "429":
+                assert retry_after(raised.value) == 2  # type: ignore[arg-type]
+        wrong = LeanBot("9:WRONG", base_url=fake.base_url, request=AiohttpRequest())
+        with pytest.raises(InvalidToken):
+            await wrong.send_raw("sendMessage", {"chat_id": 1, "text": "x"}, 2.0)
+        await wrong._request[1].shutdown()  # type: ignore[attr-defined]
+    finally:
+        for request in requests:
+            await request.shutdown()
         await fake.stop()

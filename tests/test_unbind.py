@@ -55,10 +55,9 @@ async def test_unbind_all_eligible_tracked_to_done(fast: RunningServer, http: ai
     await chat.pick("confirm")
     listed = re.findall(r"· (.+?)（(\d{4}-\d{2})）", chat.text)
     assert listed and all(month < tenure_month for _, month in listed), (tenure_month, listed)
+    # The list above the button is the explicit list of what is filed (issue 12 merged the two screens).
+    assert re.search(rf"解绑以上全部 {len(listed)} 个", str(chat.last)), chat.last
     await chat.pick("all")
-    confirm_lines = re.findall(r"· (.+?)（", chat.text)
-    assert confirm_lines == [name for name, _ in listed], "the confirmation lists exactly what will be requested"
-    await chat.pick("confirm")
     reference = re.search(r"编号 (HQ\d{8}-[A-Z0-9]{6})", chat.text)
     assert reference and "5 个工作日" in chat.text, chat.text
     after = chat.last[-1]["seq"]
@@ -114,19 +113,21 @@ async def test_fresh_number_has_nothing_to_unbind_and_guidance_works(chat: Chat)
     await chat.pick(chat.last[-1]["choices"][0]["id"])
     assert "难度" in chat.text
     await chat.pick("letter")
-    assert "个人信息保护法》第四十七条" in chat.text and demo["phone"] not in chat.text
+    # Issue 12: the letter carries the verified holder's own full number (stored only masked).
+    assert "个人信息保护法》第四十七条" in chat.text and f"本人是手机号码 {demo['phone']} 的现任机主" in chat.text
+    assert demo["phone"] not in str(await chat.pushed(0))
 
 
 async def test_a_user_never_sees_another_users_requests(fast: RunningServer, http: aiohttp.ClientSession) -> None:
     alice = await Chat(http, fast.url).open()
     await alice.unbind_ready(await alice.demo("recycled"))
     await alice.pick("all")
-    await alice.pick("confirm")
     reference = re.search(r"编号 (HQ\d{8}-\w{6})", alice.text).group(1)  # type: ignore[union-attr]
     bob = await Chat(http, fast.url).open()
     await bob.say("/start")
     await bob.pick("requests")
-    assert "还没有解绑申请" in bob.text and reference not in bob.text
+    # Requests belong to the verified number: an unverified chat is asked to verify and shown nothing.
+    assert "请先验证您的手机号" in bob.text and reference not in bob.text
     await asyncio.sleep(2.5)
     assert reference not in json.dumps(await bob.pushed(0), ensure_ascii=False)
 
@@ -167,9 +168,8 @@ async def test_registry_outage_keeps_the_request_and_sends_it_once(tmp_path: Pat
         async with http.get(f"http://127.0.0.1:{port}/numbers", params={"kind": "recycled"}) as r:
             demo = (await r.json())[0]
         await chat.unbind_ready(demo)
+        await registry.cleanup()  # the registry goes down between the list and the request
         await chat.pick("all")
-        await registry.cleanup()  # the registry goes down between the confirmation and the request
-        await chat.pick("confirm")
         assert "暂时无法访问" in chat.text and "不会重复提交" in chat.text, chat.text
         after = chat.last[-1]["seq"]
         await asyncio.sleep(1.0)  # a few failed resubmissions while it is down
@@ -198,7 +198,8 @@ async def test_due_date_for_a_request_filed_on_2026_12_28(server: RunningServer)
             demo = (await r.json())[1]
     filed = datetime(2026, 12, 28, 2, 0, tzinfo=UTC)  # 10:00 in Beijing
     assert user.id is not None
-    await rt.unbind.create(user.id, demo["phone"], "masked", ["weibo"], datetime(2030, 1, 1).date(), filed)
+    await rt.unbind.create(user.id, demo["phone"], "masked", ["weibo"], datetime(2030, 1, 1).date(), filed,
+                           "test:1:0:0")
     async with rt.db.session() as session:
         row = (await session.exec(select(UnbindRequestRow))).one()
     assert (row.due_date, row.due_estimated) == ("2027-01-05", True)

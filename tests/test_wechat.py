@@ -24,8 +24,17 @@ from wechatpy.crypto import PrpCrypto, WeChatCrypto
 
 from bot.channels.wechat import MENU_CHOICES, MENU_COMMANDS, WECHAT, WeChatChannel, create_menu
 from bot.channels.wechat_api import WeChatApi, WeChatApiError
-from bot.channels.wechat_crypto import NonceCache, SafeModeCodec, signature_matches
-from bot.channels.wechat_text import clip, numbered_index, payload_text, split_fitting
+from bot.channels.wechat_crypto import NonceCache, SafeModeCodec, request_digest, signature_matches
+from bot.channels.wechat_text import (
+    clip,
+    numbered_index,
+    paginate,
+    parse_template_fields,
+    payload_text,
+    split_fitting,
+    template_data,
+)
+from bot.config import ConfigurationError
 from bot.server import RunningServer, start_server
 from dialogs.model import Msg, Reply
 from tests.conftest import IN_CI, make_settings
@@ -35,8 +44,10 @@ from tests.fakes.fake_wechat_api import (
     TEMPLATE_SEND,
     FakeWeChatApi,
     WeChatUser,
+    Window,
     url_signature,
 )
+from tests.test_postgres import pg_url  # noqa: F401 - the fixture
 
 TOKEN = "test-token-123"
 AES_KEY = base64.b64encode(bytes(range(32))).decode().rstrip("=")
@@ -97,7 +108,7 @@ class WxServer:
 
     def user(self, openid: str = "oTestUser000001", *, clock: Callable[[], float] | None = None) -> WeChatUser:
         return WeChatUser(self.http, self.url, self.token, openid, app_id=self.app_id, aes_key=self.aes_key,
-                          clock=clock)
+                          clock=clock, api=self.fake)
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.db_path) as conn:
@@ -129,10 +140,12 @@ async def wx_factory(tmp_path: Path, fake_api: FakeWeChatApi,
         key = (aes_key if aes_key is not None else AES_KEY) if safe else ""
         if not sandbox:
             overrides.setdefault("registry_url", "http://127.0.0.1:9")
+        # The fake answers as the account type it plays; most tests play a verified service account.
+        overrides.setdefault("wechat_account", fake_api.account)
         app = app_id or fake_api.app_id
         directory = tmp_path / f"srv{len(servers)}"
-        settings = make_settings(directory, wechat_token=token, wechat_app_id=app,
-                                 wechat_app_secret=fake_api.app_secret, wechat_api_base_url=fake_api.url,
+        overrides.setdefault("wechat_app_secret", fake_api.app_secret)
+        settings = make_settings(directory, wechat_token=token, wechat_app_id=app, wechat_api_base_url=fake_api.url,
                                  wechat_aes_key=key, **overrides)
         server = await start_wechat_server(settings)
         servers.append(server)
@@ -171,12 +184,16 @@ def test_signature_check_and_nonce_cache() -> None:
     assert not signature_matches("", TOKEN, "1700000000", "42")
     assert not signature_matches("é" * 40, TOKEN, "1700000000", "42")
     cache = NonceCache(max_age=10, max_entries=3)
-    assert cache.check_and_add("100", "a", now=100) and not cache.check_and_add("100", "a", now=105)
-    assert cache.check_and_add("101", "a", now=105), "the nonce is only a replay under the same timestamp"
-    assert not cache.check_and_add("100", "a", now=110)
-    assert cache.check_and_add("112", "b", now=112) and len(cache) == 2, "a bucket too old to pass is dropped"
-    assert cache.check_and_add("112", "c", now=112) and not cache.overflowed
-    assert cache.check_and_add("112", "d", now=112) and cache.overflowed and len(cache) == 3
+    one, other = request_digest(good, "", b"<xml>1</xml>"), request_digest(good, "", b"<xml>2</xml>")
+    assert cache.check("100", "a", one, now=100) == "new"
+    assert cache.check("100", "a", one, now=105) == "retry", "WeChat's byte-identical retry"
+    assert cache.check("100", "a", other, now=105) == "replay", "another body under a seen nonce"
+    assert cache.check("101", "a", other, now=105) == "new", "the nonce is only seen under the same timestamp"
+    assert cache.check("100", "a", other, now=110) == "replay"
+    assert cache.check("112", "b", one, now=112) == "new" and len(cache) == 2, "a bucket too old to pass is dropped"
+    assert cache.check("112", "c", one, now=112) == "new" and not cache.overflowed
+    assert cache.check("112", "d", one, now=112) == "new" and cache.overflowed and len(cache) == 3
+    assert request_digest("a", "bc", b"") != request_digest("ab", "c", b""), "parts are length-prefixed"
 
 
 def test_payload_rendering_numbers_only_the_live_choices_and_fits_wechat() -> None:
@@ -192,7 +209,9 @@ def test_payload_rendering_numbers_only_the_live_choices_and_fits_wechat() -> No
     assert split_fitting(["a", "b"]) == 2
 
 
-async def test_tencent_sample_over_http_round_trips_our_encrypted_reply(wx_factory: Any) -> None:
+async def test_tencent_sample_over_http_round_trips_our_encrypted_reply(wx_factory: Any,
+                                                                      fake_api: FakeWeChatApi) -> None:
+    fake_api.app_id = TENCENT_APPID  # the API knows the app it serves, as WeChat does
     wx: WxServer = await wx_factory(safe=True, token=TENCENT_TOKEN, app_id=TENCENT_APPID, aes_key=TENCENT_KEY)
     wx.channel.clock = lambda: float(TENCENT_TIMESTAMP)
     body = ("<xml><ToUserName><![CDATA[gh_10f6c3c3ac5a]]></ToUserName>"
@@ -213,7 +232,14 @@ async def test_tencent_sample_over_http_round_trips_our_encrypted_reply(wx_facto
     assert reply["ToUserName"] == "oyORnuP8q7ou2gfYjqLzSIWZf0rs" and reply["FromUserName"] == "gh_10f6c3c3ac5a"
     assert reply["MsgType"] == "text" and "号清" in reply["Content"] and "\n1. 查询号码绑定" in reply["Content"]
     async with wx.http.post(wx.url + "/wechat", params=params, data=body) as r:
-        assert r.status == 403, "the same nonce twice is a replay"
+        assert r.status == 200, "the byte-identical request again is WeChat's retry"
+        again = await r.text()
+    inner = WeChatCrypto(TENCENT_TOKEN, TENCENT_KEY, TENCENT_APPID).decrypt_message(
+        again, *(xmltodict.parse(again)["xml"][k] for k in ("MsgSignature", "TimeStamp", "Nonce")))
+    assert xmltodict.parse(inner)["xml"]["Content"] == reply["Content"], "the retry gets the same answer"
+    assert wx.query("SELECT count(*) FROM inbox") == [(1,)]
+    async with wx.http.post(wx.url + "/wechat", params=params, data=body.replace("gh_10f6", "gh_20f6")) as r:
+        assert r.status == 403, "the same nonce with another body is a replay"
 
 
 # --- the webhook ------------------------------------------------------------------------------------------
@@ -274,6 +300,7 @@ async def test_forged_signatures_and_replays_change_nothing(wx_factory: Any) -> 
     assert wx.query("SELECT count(*) FROM inbox") == [(0,)], "nothing refused may reach the inbox"
     first = await user.post(xml, nonce="777", timestamp=str(now))
     assert first.status == 200 and first.kind == "text"
+    # Same nonce, same text, but sealed afresh (a new IV): not the byte-identical retry WeChat sends.
     assert (await user.post(xml, nonce="777", timestamp=str(now))).status == 403
     assert wx.query("SELECT count(*) FROM inbox") == [(1,)]
 
@@ -364,9 +391,10 @@ async def test_triple_delivery_of_one_msgid_has_one_effect(wx_factory: Any) -> N
     rt = wx.server.runtime
     assert rt.sandbox_sms is not None and len(rt.sandbox_sms.sent(demo["phone"])) == 1
     msg_id = phone_xml.split("<MsgId>")[1].split("<")[0]
-    assert wx.query("SELECT count(*) FROM inbox WHERE dedupe_key = ?", f"m:{msg_id}") == [(1,)]
+    key = f"m:{user.openid}:{msg_id}"
+    assert wx.query("SELECT count(*) FROM inbox WHERE dedupe_key = ?", key) == [(1,)]
     assert wx.query("SELECT count(*) FROM outbox o JOIN inbox i ON o.inbox_id = i.id WHERE i.dedupe_key = ?",
-                    f"m:{msg_id}") == [(1,)]
+                    key) == [(1,)]
     assert demo["phone"] not in str(wx.query("SELECT payload FROM outbox"))
 
 
@@ -384,6 +412,9 @@ async def test_native_support_hands_over_to_wechat_agents(wx_factory: Any) -> No
 # --- the server API ---------------------------------------------------------------------------------------
 async def test_access_token_is_fetched_once_and_refreshed_once_on_rejection(fake_api: FakeWeChatApi) -> None:
     api = WeChatApi(fake_api.url, fake_api.app_id, fake_api.app_secret)
+    # Each send to a user who just wrote, so the fake's customer-service windows let every one through.
+    real_check = fake_api._window_error
+    fake_api._window_error = lambda openid: 0  # type: ignore[method-assign]
     try:
         await asyncio.gather(*(api.send_text("oTestUser000001", f"m{i}") for i in range(10)))
         assert fake_api.tokens_issued == ["token-1"], "concurrent callers share one fetch"
@@ -403,6 +434,7 @@ async def test_access_token_is_fetched_once_and_refreshed_once_on_rejection(fake
             await api.send_text("oTestUser000001", "out of window")
         assert window.value.errcode == 45047 and len(fake_api.tokens_issued) == 4
     finally:
+        fake_api._window_error = real_check  # type: ignore[method-assign]
         await api.close()
     assert len(fake_api.texts()) == 12
 
@@ -449,7 +481,8 @@ async def stalled_registry() -> AsyncIterator[dict[str, Any]]:
 
 async def test_stalled_registry_gets_a_passive_answer_in_time_and_the_result_later(
         wx_factory: Any, stalled_registry: dict[str, Any]) -> None:
-    wx: WxServer = await wx_factory(registry_url=stalled_registry["url"], registry_timeout=10)
+    wx: WxServer = await wx_factory(registry_url=stalled_registry["url"], registry_timeout=10,
+                                    wechat_registry_timeout=10)
     # Alice's result goes out by customer-service message; WeChat refuses Bob's (45047), so it waits for him.
     alice, bob = wx.user("oAlice00000001"), wx.user("oBob0000000001")
     wx.fake.fail_next(CUSTOM_SEND, 45047, openid=bob.openid)
@@ -473,7 +506,6 @@ async def test_stalled_registry_gets_a_passive_answer_in_time_and_the_result_lat
     assert "号码绑定查询平台暂时无法访问" in call.body["text"]["content"]
     assert "1. 查询号码绑定" in call.body["text"]["content"], "the menu that follows is numbered too"
     assert stalled_registry["calls"] == 2, "the retry joined the running step"
-    assert wx.query("SELECT count(*) FROM usage_events WHERE kind = 'recycle_check'") == [(2,)]
     # A retry after the result went out: nothing left to say.
     assert (await alice.post(xml[alice.openid])).kind == "success"
     assert len(wx.fake.sent(CUSTOM_SEND, alice.openid)) == 1
@@ -524,16 +556,19 @@ async def test_customer_service_windows(wx_factory: Any) -> None:
     assert len(fake.texts(follower.openid)) == 3 and _pending(wx, follower.openid) == 2
     wx.query("UPDATE inbox SET received_at = datetime(received_at, '-2 minutes') WHERE dedupe_key LIKE ?",
              f"c:{follower.openid}:%")
-    sender.sends.clear()
     sender.parked.clear()  # re-examine now, not at the next inbound message
     await sender.flush()
     assert len(fake.texts(follower.openid)) == 3 and _pending(wx, follower.openid) == 2
     sender.template_id = "tpl-status"
+    sender.caps.templates, sender.caps.template_fields = True, {"thing1": "summary", "time2": "time"}
     sender.parked.clear()
     await sender.flush()
     templates = fake.sent(TEMPLATE_SEND, follower.openid)
-    assert len(templates) == 2 and _pending(wx, follower.openid) == 0
-    assert templates[0].body["template_id"] == "tpl-status" and templates[0].body["data"]["content"]["value"]
+    assert len(templates) == 2 and _pending(wx, follower.openid) == 0, fake.calls[-3:]
+    data = templates[0].body["data"]
+    assert templates[0].body["template_id"] == "tpl-status" and set(data) == {"thing1", "time2"}
+    assert data["thing1"]["value"] == "提醒已开启。" and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d",
+                                                                 data["time2"]["value"])
     sender.template_id = ""
 
     # WeChat's own word wins: 45047 leaves the rows pending until the user's next message.
@@ -592,8 +627,8 @@ async def test_verify_lookup_unbind_end_to_end_over_wechat(wx_factory: Any, log_
     assert f"号码：{masked}" in checked.text and "开户时间" in checked.text, checked.text
     listed = await user.say(await _number_of(wx, user, "confirm"))
     assert re.search(r"· .+（\d{4}-\d{2}）", listed.text), listed.text
-    await user.say(await _number_of(wx, user, "all"))
-    done = await user.say(await _number_of(wx, user, "confirm"))
+    # The list above the button is what is filed: 一键解绑 needs no second screen.
+    done = await user.say(await _number_of(wx, user, "all"))
     reference = re.search(r"编号 (HQ\d{8}-[A-Z0-9]{6})", done.text)
     assert reference and "5 个工作日" in done.text, done.text
 
@@ -633,3 +668,277 @@ async def test_a_replay_to_another_worker_is_refused_through_redis(wx_factory: C
     assert replay.status == 403
     fresh = await second.user().post(second.user().text_xml("/start"))
     assert fresh.status == 200
+
+
+# --- WeChat as it really behaves (issue 10) ------------------------------------------------------------------
+def _key_rows(wx: WxServer, key: str) -> int:
+    return int(wx.query("SELECT count(*) FROM inbox WHERE dedupe_key = ?", key)[0][0])
+
+
+@pytest.mark.parametrize("safe", [False, True], ids=["plaintext", "safe"])
+async def test_an_identical_retry_joins_the_running_step_and_gets_its_answer(
+        wx_factory: Any, stalled_registry: dict[str, Any], safe: bool) -> None:
+    # The registry stalls; the WeChat budget (wechat_registry_timeout, 3 s by default) ends the step inside
+    # the passive reply. WeChat, hearing nothing within its patience, re-posts the very same bytes.
+    wx: WxServer = await wx_factory(safe=safe, registry_url=stalled_registry["url"], registry_timeout=10)
+    user = wx.user("oRetry00000001")
+    await user.subscribe()
+    assert "11 位手机号码" in (await user.click("recycle")).text
+    xml = user.text_xml("13912345678")
+    answer, attempts = await user.deliver(xml, patience=2.0)
+    assert attempts >= 2, "the first post was abandoned and retried byte for byte"
+    assert answer.kind == "text" and "号码绑定查询平台暂时无法访问" in answer.text, answer
+    assert stalled_registry["calls"] == 1, "the retry joined the step; it did not run it again"
+    again = await user.repost()
+    assert again.status == 200 and again.text == answer.text, "a later identical retry gets the same answer"
+    msg_id = xml.split("<MsgId>")[1].split("<")[0]
+    assert _key_rows(wx, f"m:{user.openid}:{msg_id}") == 1
+    assert wx.fake.sent(CUSTOM_SEND, user.openid) == [], "the answer went passively, not again by customer service"
+    # The same nonce under another body is still a replay.
+    assert user.last_request is not None
+    params, _payload, headers = user.last_request
+    other = user.text_xml("/menu") if not safe else None
+    body = other.encode() if other is not None else _envelope(user, user.text_xml("/menu"), params["nonce"],
+                                                               params["timestamp"])
+    async with wx.http.post(f"{wx.url}/wechat", params=params, data=body, headers=headers) as r:
+        assert r.status == 403
+
+
+async def test_a_retry_to_another_worker_is_recognised_through_redis(wx_factory: Callable[..., Any],
+                                                                   redis_url: str) -> None:
+    first = await wx_factory(redis_url=redis_url)
+    second = await wx_factory(redis_url=redis_url)
+    user = first.user("oRedis00000001")
+    answer = await user.say("/start")
+    assert answer.status == 200
+    assert user.last_request is not None
+    params, payload, headers = user.last_request
+    async with first.http.post(f"{second.url}/wechat", params=params, data=payload, headers=headers) as r:
+        assert r.status == 200, "WeChat's identical retry may land on another worker"
+    async with first.http.post(f"{second.url}/wechat", params=params, data=payload.replace(b"/start", b"/menu"),
+                               headers=headers) as r:
+        assert r.status == 403, "another body under the same nonce is a replay there too"
+
+
+async def test_two_users_with_the_same_msgid_each_get_their_own_answer(
+        wx_factory: Any, stalled_registry: dict[str, Any]) -> None:
+    wx: WxServer = await wx_factory(registry_url=stalled_registry["url"], registry_timeout=10,
+                                    wechat_registry_timeout=1.0)
+    alice, bob = wx.user("oAliceSame0001"), wx.user("oBobSame000001")
+    for user in (alice, bob):
+        await user.subscribe()
+    await alice.click("recycle")
+    alice.msg_id = bob.msg_id = 6054768590064713000  # WeChat's MsgIds collide across users (WxJava #333)
+    alice_xml, bob_xml = alice.text_xml("13912345678"), bob.text_xml("/help")
+    assert alice_xml.split("<MsgId>")[1] == bob_xml.split("<MsgId>")[1]
+
+    async def bob_later() -> Any:
+        await asyncio.sleep(0.3)  # while Alice's step is still waiting on the registry
+        return await bob.post(bob_xml)
+
+    first, second = await asyncio.gather(alice.post(alice_xml), bob_later())
+    assert "号码绑定查询平台暂时无法访问" in first.text and first.reply["ToUserName"] == alice.openid
+    assert second.reply["ToUserName"] == bob.openid and "使用帮助" in second.text, second
+    assert "139" not in second.text and "暂时无法访问" not in second.text, "nothing of Alice's reaches Bob"
+    msg_id = alice_xml.split("<MsgId>")[1].split("<")[0]
+    assert _key_rows(wx, f"m:{alice.openid}:{msg_id}") == 1 and _key_rows(wx, f"m:{bob.openid}:{msg_id}") == 1
+
+
+async def _wait_pending_reply(wx: WxServer, openid: str) -> None:
+    for _ in range(200):
+        if wx.query("SELECT count(*) FROM outbox o JOIN users u ON u.id = o.user_id WHERE u.external_id = ? "
+                    "AND o.kind = 'reply' AND o.status = 'pending'", openid)[0][0]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the deferred result never reached the outbox")
+
+
+PUSH_PROMISES = ("马上发给您", "通知您", "提醒您", "主动通知")
+
+
+async def test_unverified_account_never_promises_a_push_and_the_next_message_collects_the_result(
+        wx_factory: Any, fake_api: FakeWeChatApi, stalled_registry: dict[str, Any]) -> None:
+    fake_api.account = "unverified"
+    # The step outlasts the passive reply (1.5 s here) and ends at the registry budget (2 s): deferred.
+    wx: WxServer = await wx_factory(registry_url=stalled_registry["url"], registry_timeout=10,
+                                    wechat_registry_timeout=2.0, wechat_passive_seconds=1.5)
+    user = wx.user("oUnverified001")
+    answers = [await user.subscribe(), await user.click("recycle")]
+    working = await user.say("13912345678")
+    answers.append(working)
+    assert "回复任意内容" in working.text, working.text
+    # The next message while the step still runs joins it and is answered with its result.
+    collected = await user.say("好的")
+    answers.append(collected)
+    assert "号码绑定查询平台暂时无法访问" in collected.text, collected.text
+    # Again, but this time the result is already waiting in the outbox when the user writes.
+    await user.click("recycle")
+    assert "回复任意内容" in (await user.say("13912345678")).text
+    await _wait_pending_reply(wx, user.openid)
+    later = await user.say("1")
+    answers.append(later)
+    assert "号码绑定查询平台暂时无法访问" in later.text, "the result, not choice 1 of a menu never seen"
+    assert stalled_registry["calls"] == 2
+    plan = await user.click("plan")
+    answers.append(plan)
+    assert "无法主动给您发提醒" in plan.text, plan.text
+    for answer in answers:
+        assert not any(promise in answer.text for promise in PUSH_PROMISES), answer.text
+    # Reminders and broadcasts cannot reach the user: reported as unreachable, never tried.
+    await _push(wx, user.openid, 2)
+    await wx.channel.sender.flush()
+    assert wx.query("SELECT status, count(*) FROM outbox WHERE kind = 'push' GROUP BY status") == [("unreachable", 2)]
+    assert [c for c in fake_api.calls if c.path in (CUSTOM_SEND, TEMPLATE_SEND)] == []
+    assert "查询号码绑定" in (await user.say("/menu")).text, "the user is back to ordinary steps"
+
+
+@pytest.mark.parametrize(("setup", "overrides", "setting"), [
+    ("unverified", {"wechat_account": "verified_service"}, "WECHAT_ACCOUNT"),
+    ("unverified", {"wechat_account": "verified_subscription"}, "WECHAT_ACCOUNT"),
+    ("blocked_ip", {}, "IP whitelist"),
+    ("", {"wechat_app_secret": "not-the-secret"}, "WECHAT_APP_SECRET"),
+    ("", {"wechat_account": "verified_subscription", "wechat_template_id": "tpl-status",
+          "wechat_template_fields": "thing1=summary"}, "WECHAT_TEMPLATE_ID"),
+    ("verified_subscription", {"wechat_account": "verified_service", "wechat_template_id": "tpl-status",
+                               "wechat_template_fields": "thing1=summary"}, "WECHAT_TEMPLATE_ID"),
+    ("", {"wechat_template_id": "tpl-nope", "wechat_template_fields": "thing1=summary"}, "WECHAT_TEMPLATE_ID"),
+    ("", {"wechat_template_id": "tpl-status", "wechat_template_fields": "thing9=summary"},
+     "WECHAT_TEMPLATE_FIELDS"),
+    ("", {"wechat_template_id": "tpl-status"}, "WECHAT_TEMPLATE_FIELDS"),
+    ("", {"wechat_template_id": "tpl-status", "wechat_template_fields": "thing1=secrets"}, "WECHAT_TEMPLATE_FIELDS"),
+    ("", {"wechat_account": "verified_service", "wechat_app_secret": ""}, "WECHAT_APP_SECRET"),
+], ids=["unverified-as-service", "unverified-as-subscription", "ip-whitelist", "app-secret", "template-on-sub",
+        "template-48001", "template-unknown", "template-field-unknown", "template-fields-missing",
+        "template-value-unknown", "no-secret"])
+async def test_each_misconfiguration_stops_the_start_naming_the_setting(
+        wx_factory: Any, fake_api: FakeWeChatApi, log_capture: Any, setup: str, overrides: dict[str, Any],
+        setting: str) -> None:
+    if setup == "blocked_ip":
+        fake_api.whitelisted = False
+    elif setup:
+        fake_api.account = setup
+    overrides.setdefault("wechat_account", "verified_service")
+    with pytest.raises(ConfigurationError, match=re.escape(setting)):
+        await wx_factory(**overrides)
+    assert fake_api.sent(CUSTOM_SEND) == [] and fake_api.sent(TEMPLATE_SEND) == []
+
+
+async def test_a_configuration_error_at_run_time_is_reported_once_and_not_retried(
+        wx_factory: Any, fake_api: FakeWeChatApi, log_capture: Any) -> None:
+    wx: WxServer = await wx_factory()
+    user = wx.user("oDowngraded001")
+    await user.say("/start")
+    fake_api.account = "unverified"  # the account's verification lapsed while the bot runs
+    await _push(wx, user.openid, 3)
+    for _ in range(3):
+        await wx.channel.sender.flush()
+        wx.channel.sender.parked.clear()
+    calls = [c for c in fake_api.calls if c.path == CUSTOM_SEND]
+    assert [c.errcode for c in calls] == [48001], "one try, then no more"
+    assert wx.query("SELECT status, count(*) FROM outbox WHERE kind = 'push' GROUP BY status") == [("unreachable", 3)]
+    critical = [line for line in log_capture.getvalue().splitlines() if "configuration error" in line]
+    assert len(critical) == 1 and "WECHAT_ACCOUNT" in critical[0]
+    # From now on the bot stops promising a customer-service follow-up.
+    assert "wechat" in wx.server.runtime.dispatcher.no_push_channels
+
+
+async def test_customer_service_windows_are_the_fakes_own_rule(fake_api: FakeWeChatApi) -> None:
+    now = [1_000_000.0]
+    fake_api.clock = lambda: now[0]
+    api = WeChatApi(fake_api.url, fake_api.app_id, fake_api.app_secret)
+    try:
+        with pytest.raises(WeChatApiError) as closed:
+            await api.send_text("oNever00000001", "x")
+        assert closed.value.errcode == 45015, "no window without a message from the user"
+        fake_api.user_posted("oWriter0000001", "message")
+        for _ in range(5):
+            await api.send_text("oWriter0000001", "x")
+        with pytest.raises(WeChatApiError) as used:
+            await api.send_text("oWriter0000001", "x")
+        assert used.value.errcode == 45047
+        fake_api.user_posted("oClicker000001", "click")
+        now[0] += 61
+        with pytest.raises(WeChatApiError) as late:
+            await api.send_text("oClicker000001", "x")
+        assert late.value.errcode == 45015, "a click opens a minute only"
+        fake_api.windows["oBig0000000001"]["message"] = Window(now[0])
+        with pytest.raises(WeChatApiError) as big:
+            await api.send_text("oBig0000000001", "汉" * 700)
+        assert big.value.errcode == 45002
+    finally:
+        await api.close()
+
+
+def test_long_texts_page_at_line_ends_within_wechats_size() -> None:
+    lines = [f"{n}. 平台{n}（2019-0{n % 9 + 1}）" for n in range(1, 120)]
+    text = "\n".join(lines)
+    pages = paginate(text, 1880)
+    assert len(pages) > 1 and all(len(p.encode()) <= 1880 for p in pages)
+    assert "\n".join(pages) == text, "nothing lost, no line split"
+    assert paginate("x" * 5000, 2000) == ["x" * 2000, "x" * 2000, "x" * 1000]
+    assert paginate("", 10) == [""]
+
+
+async def test_a_long_answer_comes_in_pages_the_user_asks_for(wx_factory: Any) -> None:
+    wx: WxServer = await wx_factory()
+    user = wx.user("oPager00000001")
+    await user.subscribe()
+    choices = [{"id": f"p:{n}", "label": f"平台第{n}号（2019-01）"} for n in range(1, 101)]
+    first = wx.channel._passive_text(user.openid, [{"text": "请选择：", "choices": choices}], "zh_CN")
+    assert len(first.encode()) <= 2048 and "回复 0 查看更多" in first and "1. 平台第1号" in first
+    seen = [first]
+    while "回复 0 查看更多" in seen[-1]:
+        page = await user.say("0")
+        assert page.kind == "text" and len(page.text.encode()) <= 2048
+        seen.append(page.text)
+    joined = "\n".join(seen)
+    assert all(f"{n}. 平台第{n}号" in joined for n in range(1, 101)), "every numbered choice is shown"
+    assert "回复序号即可选择" in seen[-1]
+    # Paging over, "0" is an ordinary message again.
+    assert "回复 0 查看更多" not in (await user.say("0")).text
+
+
+async def test_a_push_over_wechats_size_goes_as_pages_not_cut(wx_factory: Any, fake_api: FakeWeChatApi) -> None:
+    wx: WxServer = await wx_factory()
+    user = wx.user("oLongPush00001")
+    await user.say("/start")
+    [(user_id,)] = wx.query("SELECT id FROM users WHERE external_id = ?", user.openid)
+    lines = "\n".join(f"· 平台第{n}号（2019-01）" for n in range(1, 90))
+    await wx.server.runtime.dispatcher.push(user_id, [Reply(Msg("lookup.previous", {"count": 89, "lines": lines}))],
+                                            channel="wechat")
+    await wx.channel.sender.flush()
+    texts = fake_api.texts(user.openid)
+    assert len(texts) >= 2 and all(len(t.encode()) <= 2048 for t in texts), [len(t.encode()) for t in texts]
+    assert "……（内容过长" not in "".join(texts) and all(f"平台第{n}号" in "".join(texts) for n in range(1, 90))
+
+
+def test_template_fields_are_mapped_and_cut_to_each_types_limit() -> None:
+    mapping = parse_template_fields("thing1=summary, character_string2=detail,time3=time,phrase4=summary")
+    data = template_data("您的解绑申请 HQ20261130-ABC123 已办结：淘宝、微博、美团、抖音均已解除绑定。\n详情见我的申请",
+                         mapping, "2026-11-30 15:00", 20)
+    assert set(data) == {"thing1", "character_string2", "time3", "phrase4"}
+    assert len(data["thing1"]["value"]) == 20 and data["thing1"]["value"].endswith("…")
+    assert data["character_string2"]["value"] == "详情见我的申请" and data["time3"]["value"] == "2026-11-30 15:00"
+    assert len(data["phrase4"]["value"]) == 5
+    with pytest.raises(ValueError, match="WECHAT_TEMPLATE_FIELDS"):
+        parse_template_fields("thing1")
+
+
+# --- past one machine (issue 15) ------------------------------------------------------------------------------
+async def test_two_workers_share_one_customer_service_window(wx_factory: Callable[..., Any],
+                                                            pg_url: str) -> None:  # noqa: F811
+    """Both workers see the same window: together they send the 5 a message allows, and WeChat refuses none."""
+    first = await wx_factory(database_url=pg_url)
+    second = await wx_factory(database_url=pg_url)
+    talker = first.user("oShared0000001")
+    await talker.say("/start")
+    user = await first.server.runtime.dispatcher.user_for("wechat", talker.openid, create=False)
+    assert user is not None
+    for _ in range(8):
+        await first.server.runtime.dispatcher.push(user.id, [Reply(Msg("settings.reminders_now_on"))],
+                                                   channel="wechat")
+    for _ in range(3):
+        await asyncio.gather(first.channel.sender.flush(), second.channel.sender.flush())
+    attempts = [c for c in first.fake.calls if c.path == CUSTOM_SEND and c.body.get("touser") == talker.openid]
+    assert len(first.fake.texts(talker.openid)) == 5
+    assert len(attempts) == 5, "no send beyond the window, from either worker"

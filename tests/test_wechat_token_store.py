@@ -27,6 +27,7 @@ async def test_workers_share_one_token_and_refresh_it_once(tmp_path: Path) -> No
         # The token is a credential: it is not in the database file in the clear.
         assert b"token-1" not in (tmp_path / "shared.sqlite3").read_bytes()
         # WeChat rejects it (40001): one worker refreshes, the other picks the new one up without fetching.
+        fake.user_posted("oUser", "message")  # the fake holds customer-service windows as WeChat does
         fake.expire_tokens()
         await workers[0].send_text("oUser", "hi")
         assert fake.tokens_issued == ["token-1", "token-2"]

@@ -6,8 +6,9 @@ Telegram's limits, and keep `users.active` in step with blocks.
 
 It must never: run a dialog step for a group, channel or edited message; echo anything a user typed into a
 group; trust a shared contact that is not the sender's own; answer a webhook 2xx for a dialog update before
-it is in the inbox (a forged secret gets 403 before anything runs); or log message text, names, phone or ID
-numbers, or the bot token.
+it is in the inbox (a forged secret gets 403 before anything runs); leave a button's spinner running (every
+callback query is answered, on every path); retry a configuration error (a refused token, webhook URL or secret)
+as if it were bad luck; or log message text, names, phone or ID numbers, or the bot token.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import heapq
 import json
 import logging
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -25,6 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from sqlmodel import col, select, update
@@ -36,9 +39,10 @@ from telegram import (
     Message,
     Update,
 )
-from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.error import BadRequest, Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.request import BaseRequest
 
+from bot.budgets import LocalBudget
 from bot.channels.telegram_render import (
     DATE_PREFIX,
     MONTH_PREFIX,
@@ -54,10 +58,11 @@ from bot.channels.telegram_render import (
 )
 from bot.channels.telegram_request import AiohttpRequest
 from bot.channels.telegram_send import CHANNEL, LeanBot, Limits, OutboxPump, Sender, Undeliverable, retry_after
+from bot.config import ConfigurationError, Settings
 from bot.dispatch import Incoming, pick_lang
 from bot.runtime import Runtime
 from bot.step_store import ConflictError
-from bot.storage import Conversation, User
+from bot.storage import Conversation, User, storage_unavailable
 from dialogs.model import Event
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,9 @@ GROUP_NOTICE_EVERY = 60.0
 POLL_TIMEOUT = 25
 # A webhook update that keeps failing is answered 200 after this many tries, so it cannot wedge the queue.
 MAX_UPDATE_FAILURES = 3
+# What setWebhook accepts: an HTTPS URL on one of these ports, and a secret_token of these characters.
+WEBHOOK_PORTS = (443, 80, 88, 8443)
+_WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 _MEDIA_FIELDS: tuple[tuple[str, str], ...] = (
     ("photo", "photo"), ("live_photo", "photo"), ("sticker", "sticker"), ("voice", "voice"), ("audio", "voice"),
@@ -88,6 +96,28 @@ def base_url(configured: str) -> str:
     if "{token}" in value or value.endswith("/bot"):
         return value
     return value + "/bot"
+
+
+def check_webhook_settings(settings: Settings) -> None:
+    """Refuses, before anything starts, what setWebhook would refuse with a 400 on every retry."""
+    url = settings.telegram_webhook_url
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 443
+    except ValueError:
+        raise ConfigurationError("TELEGRAM_WEBHOOK_URL is not a URL") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigurationError("TELEGRAM_WEBHOOK_URL must be an https:// URL: Telegram delivers webhooks over "
+                                 "HTTPS only")
+    if port not in WEBHOOK_PORTS:
+        raise ConfigurationError(f"TELEGRAM_WEBHOOK_URL uses port {port}; Telegram delivers webhooks only to ports "
+                                 "443, 80, 88 or 8443")
+    secret = settings.telegram_webhook_secret
+    if secret and not _WEBHOOK_SECRET.fullmatch(secret):
+        raise ConfigurationError("TELEGRAM_WEBHOOK_SECRET must be 1 to 256 characters of A-Z, a-z, 0-9, _ and - "
+                                 "(Telegram's rule for secret_token)")
 
 
 def webhook_secret(rt: Runtime) -> str:
@@ -149,7 +179,7 @@ Route = Literal["dispatch", "ignore", "group", "edited", "member", "callback_els
 
 
 @dataclass
-class Plan:
+class UpdatePlan:
     """What one update asks of us, worked out before any I/O."""
 
     route: Route
@@ -174,33 +204,34 @@ def _is_calendar(data: str) -> bool:
     return data == NOOP or data.startswith((DATE_PREFIX, MONTH_PREFIX))
 
 
-def plan(update: Update) -> Plan:
+def plan(update: Update) -> UpdatePlan:
     if update.callback_query is not None:
         cq = update.callback_query
         lang = cq.from_user.language_code
         chat = cq.message.chat if cq.message is not None else None
         if chat is not None and chat.type != "private":
-            return Plan("callback_elsewhere", chat.id, callback=cq, lang_hint=lang, kind="callback")
+            return UpdatePlan("callback_elsewhere", chat.id, callback=cq, lang_hint=lang, kind="callback")
         if chat is None and cq.inline_message_id:
-            return Plan("callback_elsewhere", cq.from_user.id, callback=cq, lang_hint=lang, kind="callback")
-        return Plan("dispatch", chat.id if chat else cq.from_user.id, callback=cq, lang_hint=lang, kind="callback")
+            return UpdatePlan("callback_elsewhere", cq.from_user.id, callback=cq, lang_hint=lang, kind="callback")
+        return UpdatePlan("dispatch", chat.id if chat else cq.from_user.id, callback=cq, lang_hint=lang,
+                          kind="callback")
     if update.my_chat_member is not None:
         member = update.my_chat_member
-        return Plan("member", member.chat.id, member=member, lang_hint=member.from_user.language_code,
+        return UpdatePlan("member", member.chat.id, member=member, lang_hint=member.from_user.language_code,
                     kind="my_chat_member")
     if update.edited_message is not None:
         edited = update.edited_message
         if edited.chat.type == "private":
             lang = edited.from_user.language_code if edited.from_user else None
-            return Plan("edited", edited.chat.id, lang_hint=lang, kind="edited")
-        return Plan("ignore", kind="edited_group")
+            return UpdatePlan("edited", edited.chat.id, lang_hint=lang, kind="edited")
+        return UpdatePlan("ignore", kind="edited_group")
     message = update.message
     if message is None:
         # channel posts, reactions, inline queries, business messages...: nothing for us to say.
-        return Plan("ignore", kind="other_update")
+        return UpdatePlan("ignore", kind="other_update")
     lang = message.from_user.language_code if message.from_user else None
     if message.chat.type != "private":
-        return Plan("group", message.chat.id, lang_hint=lang, kind="group")
+        return UpdatePlan("group", message.chat.id, lang_hint=lang, kind="group")
     if message.text is not None:
         event = Event("text", text=message.text)
         kind = "text"
@@ -212,10 +243,10 @@ def plan(update: Update) -> Plan:
     else:
         media = _media_kind(message)
         if media is None:
-            return Plan("ignore", kind="service")
+            return UpdatePlan("ignore", kind="service")
         event = Event("media", media=media)
         kind = "media"
-    return Plan("dispatch", message.chat.id, event=event, lang_hint=lang, kind=kind)
+    return UpdatePlan("dispatch", message.chat.id, event=event, lang_hint=lang, kind=kind)
 
 
 def _addressed_to_bot(message: Message, username: str | None, bot_id: int | None) -> bool:
@@ -253,29 +284,48 @@ class TelegramChannel:
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _loops: list[asyncio.Task[Any]] = field(default_factory=list)
     requests: list[BaseRequest] = field(default_factory=list)
+    # The optional staff group (bot/channels/telegram_staff.py): its messages are staff answers, not users'.
+    staff_group: Any = None
 
     def __post_init__(self) -> None:
-        self.sender = Sender(self.bot, self.limits)
+        # The bot-wide limit is Telegram's for the bot, so workers share it (through Redis or PostgreSQL).
+        shared = self.rt.budget if not isinstance(self.rt.budget, LocalBudget) else None
+        self.sender = Sender(self.bot, self.limits, budget=shared,
+                             budget_key=f"telegram:{self.rt.settings.telegram_bot_token.split(':')[0]}")
         self.sender.on_blocked = self.mark_blocked
         self.pump = OutboxPump(self.rt, self.sender, self.limits)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    async def bootstrap(self) -> None:
+    async def register(self) -> None:
+        """One attempt at getMe and setWebhook (or deleteWebhook). What no retry can fix raises
+        ConfigurationError naming the setting; anything else raises the TelegramError, worth a retry."""
+        try:
+            await self.bot.initialize()
+            if self.mode == "webhook":
+                await self.bot.set_webhook(self.rt.settings.telegram_webhook_url, secret_token=self.secret,
+                                           allowed_updates=list(ALLOWED_UPDATES), max_connections=40)
+            else:
+                await self.bot.delete_webhook(drop_pending_updates=False)
+        except InvalidToken:
+            # PTB's message quotes the token; say only what happened.
+            raise ConfigurationError("TELEGRAM_BOT_TOKEN was refused by the Bot API (401 Unauthorized): copy "
+                                     "the token from @BotFather again") from None
+        except BadRequest as exc:
+            if self.mode != "webhook":
+                raise
+            raise ConfigurationError("setWebhook refused TELEGRAM_WEBHOOK_URL or TELEGRAM_WEBHOOK_SECRET: "
+                                     + str(exc.message)[:200]) from None
+
+    async def bootstrap(self, registered: bool = False) -> None:
         """Registers with Telegram (retrying while the API is unreachable), then polls in polling mode."""
         delay = self.limits.retry_base
-        while True:
+        while not registered:
             try:
-                await self.bot.initialize()
-                if self.mode == "webhook":
-                    await self.bot.set_webhook(self.rt.settings.telegram_webhook_url, secret_token=self.secret,
-                                               allowed_updates=list(ALLOWED_UPDATES), max_connections=40)
-                else:
-                    await self.bot.delete_webhook(drop_pending_updates=False)
-                break
-            except InvalidToken:
-                # PTB's message quotes the token; say only what happened.
-                log.error("telegram rejected the bot token; the Telegram channel is off")
+                await self.register()
+                registered = True
+            except ConfigurationError as exc:
+                log.critical("telegram configuration error; the Telegram channel is off: %s", exc)
                 return
             except TelegramError as exc:
                 log.warning("telegram start-up failed, retrying", extra={"error": type(exc).__name__,
@@ -317,7 +367,8 @@ class TelegramChannel:
                 delay = min(delay * 2, 60.0)
                 continue
             except InvalidToken:
-                log.error("telegram rejected the bot token; polling stops")
+                log.critical("telegram configuration error; polling stops: TELEGRAM_BOT_TOKEN was refused by "
+                             "the Bot API (401 Unauthorized)")
                 return
             except (NetworkError, TelegramError) as exc:
                 log.warning("telegram getUpdates failed", extra={"error": type(exc).__name__, "retry_in": delay})
@@ -382,8 +433,9 @@ class TelegramChannel:
                 await asyncio.sleep(0.2 * attempt)
         await self.give_up(update)
 
-    def start(self) -> list[asyncio.Task[Any]]:
-        self._loops = [asyncio.create_task(self.bootstrap()), asyncio.create_task(self.pump.run_forever())]
+    def start(self, registered: bool = False) -> list[asyncio.Task[Any]]:
+        self._loops = [asyncio.create_task(self.bootstrap(registered)),
+                       asyncio.create_task(self.pump.run_forever())]
         return list(self._loops)
 
     async def shutdown(self) -> None:
@@ -418,6 +470,9 @@ class TelegramChannel:
 
         With `inline` (a webhook call), a button's answerCallbackQuery comes back as the webhook response's
         method instead of an API call: it is no chat message, so Telegram running it unseen loses nothing."""
+        if self.staff_group is not None and self.staff_group.accepts(update):
+            await self.staff_group.take(update)
+            return None
         p = plan(update)
         if p.route == "ignore":
             return None
@@ -430,7 +485,8 @@ class TelegramChannel:
             return await self._answer(p.callback.id, None, inline)
         async with self.turns.turn(p.chat_id, update.update_id):
             if self.seen(update.update_id):
-                return None
+                # Telegram re-sends an update whose webhook answer it lost: the spinner is still turning.
+                return await self._answer(p.callback.id, None, inline) if p.callback is not None else None
             answer: dict[str, Any] | None = None
             if p.route == "group":
                 assert update.message is not None
@@ -451,7 +507,7 @@ class TelegramChannel:
         await self.sender.answer_callback(callback_id, text)
         return None
 
-    async def _calendar_move(self, cq: Any, p: Plan, inline: bool) -> dict[str, Any] | None:
+    async def _calendar_move(self, cq: Any, p: UpdatePlan, inline: bool) -> dict[str, Any] | None:
         """A calendar's ‹ › or blank key: redraw that month where it is; no conversation step runs."""
         data = str(cq.data)
         extra = self._calendar_extra.pop(cq.id, [])
@@ -467,7 +523,7 @@ class TelegramChannel:
                 self._spawn(self.sender.edit_markup(p.chat_id, cq.message.message_id, markup))
         return await self._answer(cq.id, None, inline)
 
-    async def _dispatch(self, update: Update, p: Plan, inline: bool) -> dict[str, Any] | None:
+    async def _dispatch(self, update: Update, p: UpdatePlan, inline: bool) -> dict[str, Any] | None:
         expired = False
         edit_id: int | None = None
         answer: asyncio.Task[dict[str, Any] | None] | None = None
@@ -588,8 +644,8 @@ class TelegramChannel:
             log.error("telegram reply failed", exc_info=exc)
         return True
 
-    async def give_up(self, update: Update) -> None:
-        """An update that failed every try: apologise in a private chat and move on."""
+    async def give_up(self, update: Update, *, inline: bool = False) -> dict[str, Any] | None:
+        """An update that failed every try: apologise in a private chat, stop a button's spinner, move on."""
         self.remember(update.update_id)
         p = plan(update)
         if p.route in ("dispatch", "edited") and p.chat_id:
@@ -597,6 +653,9 @@ class TelegramChannel:
                 await self._notice(p.chat_id, "web.error.internal", pick_lang(p.lang_hint))
             except Exception:
                 log.exception("telegram apology failed")
+        if p.callback is None:
+            return None
+        return await self._answer(p.callback.id, None, inline)
 
     def count_failure(self, update_id: int) -> int:
         count = self._failures.get(update_id, 0) + 1
@@ -610,7 +669,7 @@ class TelegramChannel:
         """An adapter message outside the dialog (no step, no outbox row)."""
         await self.deliver_reply(chat_id, [Outgoing(say(self.rt.catalog, key, lang), markup)])
 
-    async def _group(self, message: Message, p: Plan) -> None:
+    async def _group(self, message: Message, p: UpdatePlan) -> None:
         try:
             username: str | None = self.bot.username
             bot_id: int | None = self.bot.id
@@ -633,7 +692,7 @@ class TelegramChannel:
                                                                  url=f"https://t.me/{username}?start=group")]])
         await self._notice(chat_id, "tg.group_refused", lang, markup)
 
-    async def _member(self, p: Plan) -> None:
+    async def _member(self, p: UpdatePlan) -> None:
         member = p.member
         assert member is not None
         status = member.new_chat_member.status
@@ -719,19 +778,28 @@ async def webhook(request: web.Request) -> web.Response:
         return web.Response(status=400)
     update = channel.parse(data)
     if update is None:
-        # The secret proved it came from Telegram, so a retry would fail the same way.
+        # The secret proved it came from Telegram, so a retry would fail the same way; a button still gets its
+        # spinner stopped.
+        press = data.get("callback_query")
+        if isinstance(press, dict) and isinstance(press.get("id"), str):
+            return web.json_response({"method": "answerCallbackQuery", "callback_query_id": press["id"]})
         return web.Response(status=200)
     try:
         method = await channel.handle_update(update, inline=True)
     except ConflictError:
         return web.Response(status=503)  # Telegram retries; the inbox makes the retry safe
-    except Exception:
+    except Exception as exc:
+        if storage_unavailable(exc) or (exc.__cause__ is not None and storage_unavailable(exc.__cause__)):
+            # The database is down or restarting: not this update's fault, so it never counts towards giving up.
+            # Telegram keeps retrying, and the inbox makes the delivery count once when the database is back.
+            log.warning("telegram update deferred: storage unavailable", extra={"update_id": update.update_id})
+            return web.Response(status=503, headers={"Retry-After": "5"})
         failures = channel.count_failure(update.update_id)
         log.exception("telegram update failed", extra={"update_id": update.update_id, "attempt": failures})
         if failures < MAX_UPDATE_FAILURES:
             return web.Response(status=500)
-        await channel.give_up(update)
-        return web.Response(status=200)
+        answer = await channel.give_up(update, inline=True)
+        return web.json_response(answer) if answer is not None else web.Response(status=200)
     if method is not None:
         return web.json_response(method)
     return web.Response(status=200)
@@ -754,6 +822,7 @@ def setup_telegram(app: web.Application, rt: Runtime, *, bot: LeanBot | None = N
     settings = rt.settings
     if not settings.telegram_bot_token:
         return None
+    check_webhook_settings(settings)
     # PTB logs request parameters and raw updates at DEBUG; those carry what users type.
     ptb_log = logging.getLogger("telegram")
     if ptb_log.getEffectiveLevel() < logging.INFO or ptb_log.level == logging.NOTSET:
@@ -762,14 +831,30 @@ def setup_telegram(app: web.Application, rt: Runtime, *, bot: LeanBot | None = N
     requests: list[BaseRequest] = []
     if bot is None:
         bot, requests = build_bot(rt)
-    channel = TelegramChannel(rt=rt, bot=bot, mode=mode, secret=webhook_secret(rt), limits=limits or Limits(),
+    channel = TelegramChannel(rt=rt, bot=bot, mode=mode, secret=webhook_secret(rt),
+                              limits=limits or Limits(bot_per_second=settings.telegram_bot_per_second),
                               requests=requests)
     app[TELEGRAM] = channel
+    from bot.channels.telegram_staff import attach_staff_group
+
+    channel.staff_group = attach_staff_group(rt, bot)
     if mode == "webhook":
         app.router.add_post(WEBHOOK_PATH, webhook)
 
     async def startup(_app: web.Application) -> None:
-        rt.background.extend(channel.start())
+        # The first registration is awaited: a refused token, URL or secret stops the start, naming the
+        # setting. An API that does not answer only delays registration, which goes on in the background.
+        registered = False
+        try:
+            await asyncio.wait_for(channel.register(), channel.limits.api_timeout)
+            registered = True
+        except ConfigurationError as exc:
+            log.critical("telegram configuration error: %s", exc)
+            raise
+        except (TelegramError, TimeoutError) as exc:
+            log.warning("telegram not registered at start; retrying in the background",
+                        extra={"error": type(exc).__name__})
+        rt.background.extend(channel.start(registered))
 
     async def shutdown(_app: web.Application) -> None:
         await channel.shutdown()

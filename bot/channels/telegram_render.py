@@ -10,7 +10,7 @@ import base64
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -25,10 +25,13 @@ from telegram import (
 
 from bot.i18n import Catalog
 from dialogs.model import Msg
+from domain import beijing
 
 CALLBACK_MAX_BYTES = 64
-# Telegram counts UTF-16 units up to 4096; code points under 4000 stay inside it for any text we render.
-TEXT_LIMIT = 4000
+# Telegram counts a message's length in UTF-16 code units (an emoji is two), up to 4096.
+TEXT_LIMIT = 4096
+# Telegram refuses an inline keyboard of more than 100 buttons ("reply markup is too long").
+MAX_BUTTONS = 100
 _HASHED = "#"
 
 # Slash commands shown in Telegram's menu; descriptions reuse catalog keys where one already says it.
@@ -94,20 +97,30 @@ class Outgoing:
         return Outgoing(self.text, markup, self.seq, self.buttons, self.shows_reply_keyboard)
 
 
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _utf16_head(text: str, limit: int) -> str:
+    """The longest start of `text` within `limit` UTF-16 units, never splitting a surrogate pair."""
+    return text.encode("utf-16-le")[: limit * 2].decode("utf-16-le", errors="ignore")
+
+
 def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
-    if len(text) <= limit:
+    if utf16_len(text) <= limit:
         return [text]
     parts: list[str] = []
     current = ""
     for line in text.split("\n"):
-        while len(line) > limit:
+        while utf16_len(line) > limit:
             if current:
                 parts.append(current)
                 current = ""
-            parts.append(line[:limit])
-            line = line[limit:]
+            head = _utf16_head(line, limit)
+            parts.append(head)
+            line = line[len(head):]
         candidate = f"{current}\n{line}" if current else line
-        if len(candidate) > limit:
+        if utf16_len(candidate) > limit:
             parts.append(current)
             current = line
         else:
@@ -141,6 +154,7 @@ class FixedInlineKeyboard(InlineKeyboardMarkup):
 def _inline_keyboard(choices: tuple[tuple[str, str], ...]) -> tuple[InlineKeyboardMarkup, tuple[str, ...]]:
     # Cached: the same few menus are drawn over and over, and PTB's markup objects are immutable.
     # One button per row: labels are sentences in Chinese and English alike, and phones are narrow.
+    choices = choices[:MAX_BUTTONS]
     datas = tuple(encode_choice(choice_id) for choice_id, _ in choices)
     rows = [[InlineKeyboardButton(label[:64], callback_data=data)] for (_, label), data in zip(choices, datas,
                                                                                               strict=True)]
@@ -150,11 +164,10 @@ def _inline_keyboard(choices: tuple[tuple[str, str], ...]) -> tuple[InlineKeyboa
 DATE_PREFIX = "date:"
 MONTH_PREFIX = "month:"
 NOOP = "noop"
-BEIJING = timedelta(hours=8)
 
 
 def beijing_today() -> date:
-    return (datetime.now(UTC) + BEIJING).date()
+    return beijing.today()
 
 
 def calendar_rows(month: date, today: date, catalog: Catalog, lang: str) -> list[list[InlineKeyboardButton]]:

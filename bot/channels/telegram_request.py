@@ -11,7 +11,16 @@ import json
 from typing import Any
 
 import aiohttp
-from telegram.error import NetworkError, TimedOut
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TimedOut,
+)
 from telegram.request import BaseRequest, RequestData
 
 _JSON_HEADERS = {"Content-Type": "application/json", "User-Agent": BaseRequest.USER_AGENT}
@@ -96,3 +105,48 @@ class AiohttpRequest(BaseRequest):
         except aiohttp.ClientError as exc:
             # Only the class name: str(exc) of some aiohttp errors embeds the URL, and with it the token.
             raise NetworkError(f"Bot API unreachable ({type(exc).__name__})") from None
+
+    async def post_json(self, url: str, body: bytes, seconds: float, read_seconds: float) -> tuple[int, bytes]:
+        """The send path's one call: a JSON body already encoded, no RequestData, no PTB parameter objects."""
+        if self._session is None or self._session.closed:
+            await self.initialize()
+        assert self._session is not None
+        timeout = aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds, sock_read=read_seconds)
+        try:
+            async with self._session.post(url, data=body, headers=_JSON_HEADERS, timeout=timeout) as resp:
+                return resp.status, await resp.read()
+        except TimeoutError as exc:
+            raise TimedOut("Bot API call timed out") from exc
+        except asyncio.CancelledError:
+            raise
+        except aiohttp.ClientError as exc:
+            raise NetworkError(f"Bot API unreachable ({type(exc).__name__})") from None
+
+
+def raise_for_answer(status: int, raw: bytes) -> Any:
+    """The `result` of a Bot API answer, or the exception python-telegram-bot would raise for it (same classes,
+    same messages), so the sender's handling of 429, 403, 400 and 5xx does not depend on which path sent."""
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    if 200 <= status <= 299 and isinstance(answer, dict) and answer.get("ok"):
+        return answer.get("result")
+    if not isinstance(answer, dict):
+        raise NetworkError(f"Unparseable Bot API answer ({status})")
+    message = str(answer.get("description") or f"HTTP {status}")
+    parameters = answer.get("parameters")
+    if isinstance(parameters, dict):
+        if parameters.get("migrate_to_chat_id"):
+            raise ChatMigrated(int(parameters["migrate_to_chat_id"]))
+        if parameters.get("retry_after"):
+            raise RetryAfter(int(parameters["retry_after"]))
+    if status == 403:
+        raise Forbidden(message)
+    if status in (401, 404):
+        raise InvalidToken(message)
+    if status == 400:
+        raise BadRequest(message)
+    if status == 409:
+        raise Conflict(message)
+    raise NetworkError(message)

@@ -1,10 +1,10 @@
 """Delivery to Telegram: per-chat ordered lanes, rate limits, 429/5xx handling, and the outbox sender.
 
-Limits: pushes (outbox rows nobody is waiting for) keep to `bot_per_second` across chats and
-`chat_per_second` per chat; replies to a user's own message may burst `interactive_burst` deep per chat.
-A 429 blocks only its own chat for `retry_after`. Outbox rows are delivered at least once and never again
-once marked `sent`; rows are claimed (`sending`, lease in `sent_at`) so several workers never send one
-row twice while both are alive.
+Limits: every send (reply or push) takes a turn from one bot-wide pace of `bot_per_second`, where waiting
+replies to a user's own message go before waiting pushes; per chat, `chat_per_second` sustained (groups
+`group_per_minute`), replies bursting `interactive_burst` deep. A 429 blocks only its own chat for
+`retry_after`. Outbox rows are delivered at least once and never again once marked `sent`; rows are claimed
+(`sending`, lease in `sent_at`) so several workers never send one row twice while both are alive.
 
 It must never log message text, phone numbers or the bot token, and never send to a blocked user's push.
 """
@@ -12,6 +12,8 @@ It must never log message text, phone numbers or the bot token, and never send t
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import logging
 import random
@@ -22,10 +24,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select, update
-from telegram import Bot, InlineKeyboardMarkup
+from telegram import Bot, InlineKeyboardMarkup, TelegramObject
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 
+from bot import metrics
+from bot.budgets import Budget
 from bot.channels.telegram_render import Outgoing, render_payload
+from bot.channels.telegram_request import AiohttpRequest, raise_for_answer
 from bot.storage import OutboxMessage, User, utcnow
 
 if TYPE_CHECKING:
@@ -38,10 +43,14 @@ CHANNEL = "telegram"
 
 @dataclass
 class Limits:
-    bot_per_second: float = 30.0
+    # Telegram's bulk limit is "about 30 messages per second"; keep under it so network jitter cannot push a
+    # second over.
+    bot_per_second: float = 28.0
     chat_per_second: float = 1.0
-    # Replies to a user's own message: Telegram tolerates a short burst in a private chat.
-    interactive_burst: int = 5
+    # Telegram allows 20 messages a minute in a group.
+    group_per_minute: float = 19.0
+    # Replies to a user's own message: Telegram tolerates a short burst in a private chat, then answers 429.
+    interactive_burst: int = 3
     # How long a webhook call waits for its replies to go out before handing them to the outbox.
     inline_wait: float = 2.0
     max_attempts: int = 5
@@ -79,14 +88,21 @@ def retry_after(exc: RetryAfter) -> float:
 
 
 class LeanBot(Bot):
-    """telegram.Bot plus `send_raw`: the send path never reads the returned Message, and building one costs
-    about as much CPU as the HTTP call itself. Requests still go through PTB (defaults, markup objects,
-    error mapping to RetryAfter/Forbidden/BadRequest)."""
+    """telegram.Bot plus `send_raw`: the send path posts the JSON itself over the aiohttp session and never
+    builds a Message from the answer. PTB's `_post` (RequestData, parameter objects, a Message per send) cost
+    about a fifth of an update's CPU; PTB stays for set-up, commands and types, and errors still come as PTB's
+    exceptions (RetryAfter, Forbidden, BadRequest…), mapped the way PTB maps them."""
 
     async def send_raw(self, endpoint: str, data: dict[str, Any], seconds: float, *,
                        read_seconds: float | None = None) -> Any:
-        return await self._post(endpoint, data, read_timeout=read_seconds or seconds, write_timeout=seconds,
-                                connect_timeout=seconds, pool_timeout=seconds)
+        request = self._request[0] if endpoint == "getUpdates" else self._request[1]
+        if not isinstance(request, AiohttpRequest):
+            return await self._post(endpoint, data, read_timeout=read_seconds or seconds, write_timeout=seconds,
+                                    connect_timeout=seconds, pool_timeout=seconds)
+        body = json.dumps({key: value.to_dict() if isinstance(value, TelegramObject) else value
+                           for key, value in data.items() if value is not None}, ensure_ascii=False).encode()
+        status, raw = await request.post_json(f"{self.base_url}/{endpoint}", body, seconds, read_seconds or seconds)
+        return raise_for_answer(status, raw)
 
 
 class Gcra:
@@ -107,6 +123,82 @@ class Gcra:
         self.tat = max(self.tat, now) + 1.0 / rate
 
 
+class BotPace:
+    """The bot-wide pace all sends share: a GCRA, and a queue that grants waiting replies before waiting pushes.
+
+    A reply is what a user waits for; a reminder or broadcast can come a second later. Both count against the
+    same Telegram limit, so both must take their turn here."""
+
+    def __init__(self, clock: Callable[[], float], budget: Budget | None = None, key: str = "telegram") -> None:
+        self.clock = clock
+        self.gcra = Gcra()
+        self._queue: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self.rate = 30.0
+        # With several workers the bot-wide limit is the deployment's, not this process's: each turn takes a
+        # slot of the shared budget (Redis or PostgreSQL, bot/budgets.py). Replies still go before pushes here.
+        self.budget = budget
+        self.key = key
+        self._granter: asyncio.Task[None] | None = None
+
+    async def turn(self, rate: float, *, push: bool) -> None:
+        self.rate = rate
+        if self.budget is not None:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._queue, (1 if push else 0, next(self._order), future))
+            if self._granter is None or self._granter.done():
+                self._granter = asyncio.create_task(self._grant_shared())
+            await future
+            return
+        if not self._queue and self.gcra.wait_for(self.clock(), rate, 1) <= 0:
+            self.gcra.take(self.clock(), rate)
+            return
+        waiting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._queue, (1 if push else 0, next(self._order), waiting))
+        self._grant()
+        # A waiter cancelled in the queue is skipped by _grant; one cancelled just after its grant has used a
+        # turn, which only errs on the slow side.
+        await waiting
+
+    async def _grant_shared(self) -> None:
+        """Grants queued turns one at a time, each on a slot reserved in the shared budget."""
+        assert self.budget is not None
+        while self._queue:
+            _priority, _n, future = heapq.heappop(self._queue)
+            if future.done():
+                continue
+            try:
+                wait = await self.budget.reserve(self.key, self.rate)
+            except Exception:
+                # The shared store failed outright (its own fallbacks too): keep the process's own pace.
+                log.exception("telegram: shared send budget unavailable")
+                wait = self.gcra.wait_for(self.clock(), self.rate, 1)
+                self.gcra.take(self.clock(), self.rate)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not future.done():
+                future.set_result(None)
+
+    def _grant(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._queue:
+            wait = self.gcra.wait_for(self.clock(), self.rate, 1)
+            if wait > 0:
+                self._timer = asyncio.get_running_loop().call_later(wait, self._grant)
+                return
+            _priority, _n, future = heapq.heappop(self._queue)
+            if future.done():
+                continue
+            self.gcra.take(self.clock(), self.rate)
+            future.set_result(None)
+
+    def __len__(self) -> int:
+        return sum(1 for *_, future in self._queue if not future.done())
+
+
 @dataclass
 class Lane:
     """One chat's send queue: FIFO lock for order, its own pace and 429 block."""
@@ -120,13 +212,13 @@ class Lane:
 class Sender:
     """Sends rendered messages with pacing and retries; knows nothing of dialogs or updates."""
 
-    def __init__(self, bot: LeanBot, limits: Limits, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, bot: LeanBot, limits: Limits, *, clock: Callable[[], float] = time.monotonic,
+                 budget: Budget | None = None, budget_key: str = "telegram") -> None:
         self.bot = bot
         self.limits = limits
         self.clock = clock
         self._lanes: dict[int, Lane] = {}
-        self._bot_pace = Gcra()
-        self._bot_lock = asyncio.Lock()
+        self.pace = BotPace(clock, budget, budget_key)
         self.on_blocked: Callable[[int], Awaitable[None]] | None = None
 
     def lane(self, chat_id: int) -> Lane:
@@ -165,15 +257,18 @@ class Sender:
             lane.holders -= 1
 
     async def call(self, lane: Lane | None, make: Callable[[], Awaitable[Any]], *, push: bool,
-                   paced: bool = True) -> Any:
+                   paced: bool = True, chat_id: int = 0) -> Any:
         """One API call with pacing, 429 and transient-error retries; raises Undeliverable when hopeless."""
         attempt = 0
         while True:
             if lane is not None:
-                await self._wait_turn(lane, push=push, paced=paced)
+                await self._wait_turn(lane, push=push, paced=paced, chat_id=chat_id)
             try:
-                return await make()
+                answer = await make()
+                metrics.SENDS.labels(CHANNEL, "ok").inc()
+                return answer
             except RetryAfter as exc:
+                metrics.THROTTLED.labels(CHANNEL).inc()
                 wait = retry_after(exc)
                 if lane is not None:
                     lane.blocked_until = max(lane.blocked_until, self.clock() + wait)
@@ -195,31 +290,41 @@ class Sender:
             except TelegramError as exc:
                 raise Undeliverable(f"telegram error: {type(exc).__name__}") from None
 
-    async def _wait_turn(self, lane: Lane, *, push: bool, paced: bool) -> None:
+    def chat_rate(self, chat_id: int) -> float:
+        return self.limits.group_per_minute / 60.0 if chat_id < 0 else self.limits.chat_per_second
+
+    async def _wait_turn(self, lane: Lane, *, push: bool, paced: bool, chat_id: int = 0) -> None:
         limits = self.limits
+        rate = self.chat_rate(chat_id)
+        budget = self.pace.budget
+        if paced and budget is not None:
+            # Several workers answer the same chat (each update lands where it lands): the chat's pace is shared
+            # like the bot's. A 429's block stays with this process, which is the one that got it.
+            burst = 1 if push or chat_id < 0 else limits.interactive_burst
+            wait = await budget.reserve(f"{self.pace.key}:chat:{chat_id}", rate, burst)
+            wait = max(wait, lane.blocked_until - self.clock())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self.pace.turn(limits.bot_per_second, push=push)
+            return
         while True:
             now = self.clock()
             wait = lane.blocked_until - now
             if paced:
-                burst = 1 if push else limits.interactive_burst
-                wait = max(wait, lane.pace.wait_for(now, limits.chat_per_second, burst))
+                burst = 1 if push or chat_id < 0 else limits.interactive_burst
+                wait = max(wait, lane.pace.wait_for(now, rate, burst))
             if wait <= 0:
                 break
             await asyncio.sleep(wait)
-        if push:
-            # Bulk sends share the bot-wide budget; interactive replies are limited per chat only.
-            async with self._bot_lock:
-                wait = self._bot_pace.wait_for(self.clock(), limits.bot_per_second, 1)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                self._bot_pace.take(self.clock(), limits.bot_per_second)
         if paced:
-            lane.pace.take(self.clock(), limits.chat_per_second)
+            # The chat's slot is taken before the bot-wide turn, so the lane holds its place while queued.
+            lane.pace.take(self.clock(), rate)
+            await self.pace.turn(limits.bot_per_second, push=push)
 
     async def _send(self, lane: Lane, chat_id: int, message: Outgoing, *, push: bool) -> Any:
         data: dict[str, Any] = {"chat_id": chat_id, "text": message.text, "reply_markup": message.markup}
         return await self.call(lane, lambda: self.bot.send_raw("sendMessage", data, self.limits.api_timeout),
-                               push=push)
+                               push=push, chat_id=chat_id)
 
     async def _edit(self, lane: Lane, chat_id: int, message_id: int, message: Outgoing) -> Any:
         """Edits in place; None means the edit is impossible and a new message should go instead."""
@@ -228,7 +333,7 @@ class Sender:
                                 "reply_markup": markup}
         try:
             return await self.call(lane, lambda: self.bot.send_raw("editMessageText", data, self.limits.api_timeout),
-                                   push=False)
+                                   push=False, chat_id=chat_id)
         except Undeliverable as exc:
             if "not modified" in exc.reason:
                 return True
@@ -241,7 +346,8 @@ class Sender:
         data: dict[str, Any] = {"chat_id": chat_id, "message_id": message_id, "reply_markup": markup}
         try:
             await self.call(self.lane(chat_id), lambda: self.bot.send_raw("editMessageReplyMarkup", data,
-                                                                          self.limits.api_timeout), push=False)
+                                                                          self.limits.api_timeout), push=False,
+                            chat_id=chat_id)
         except Undeliverable as exc:
             log.info("keyboard edit failed", extra={"reason": exc.reason})
 

@@ -1,10 +1,12 @@
 """The WeChat official account (公众号) channel: the webhook at GET/POST /wechat, passive replies within
 WeChat's 5-second rule, customer-service follow-ups, the custom menu.
 
-Every request is answered within `wechat_passive_seconds` (4.3 s): the dialog step runs as a task, and if it is
-not done by then the passive reply says it is working on it and the result follows by customer-service message.
-A WeChat retry of a delivery (same MsgId, or FromUserName+CreateTime for events) joins the running step or gets
-its stored answer through the inbox; it never runs the step twice.
+Every request is answered within `wechat_passive_seconds` (4.3 s): the dialog step runs as a task (its registry
+reads capped at `wechat_registry_timeout`), and if it is not done by then the passive reply says it is working on
+it. The result follows by customer-service message, or, on an account without that API, is the passive answer to
+the user's next message. A WeChat retry of a delivery (the byte-identical request, or the same sender and MsgId,
+or sender+CreateTime+Event for events) joins the running step or gets its stored answer through the inbox; it
+never runs the step twice. A reply over WeChat's size goes in pages ("回复 0 查看更多").
 It must never parse a body whose URL signature is wrong, never accept a stale or repeated timestamp/nonce, never
 hand XML with a DOCTYPE or entity to wechatpy, and never log an openid, a message text or a secret.
 """
@@ -17,6 +19,7 @@ import json
 import logging
 import re
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ from wechatpy.events import ClickEvent, ScanEvent, SubscribeEvent, SubscribeScan
 from wechatpy.messages import BaseMessage, TextMessage
 from wechatpy.replies import TextReply, TransferCustomerServiceReply
 
+from bot.channels.wechat_account import Capabilities, confirm
 from bot.channels.wechat_api import WeChatApi
 from bot.channels.wechat_crypto import (
     BadCiphertext,
@@ -40,6 +44,7 @@ from bot.channels.wechat_crypto import (
     envelope_of,
     fresh,
     parse_xml,
+    request_digest,
     signature_matches,
     well_formed_params,
     xml_fields,
@@ -50,20 +55,21 @@ from bot.channels.wechat_text import (
     clip,
     join_texts,
     numbered_index,
+    paginate,
     payload_text,
-    split_fitting,
     text_of,
 )
 from bot.channels.wechat_token_store import DbTokenStore
 from bot.config import Settings
 from bot.dispatch import Incoming
+from bot.effects import REGISTRY_READ_BUDGET
 from bot.i18n import Catalog
 from bot.runtime import Runtime
 from bot.storage import Conversation, Database, InboxItem, OutboxMessage, User, utcnow
 from bot.vault import Vault
 from dialogs.commands import parse_command
-from dialogs.menu import MENU_ITEMS
-from dialogs.model import DEFAULT_LANG, Event
+from dialogs.model import DEFAULT_LANG, Event, Msg
+from dialogs.registry import menu_entries
 
 __all__ = ["WECHAT", "WeChatChannel", "create_menu", "menu_definition", "setup_wechat"]
 
@@ -80,12 +86,17 @@ _SCENE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _MEDIA = {"image": "photo", "voice": "voice", "video": "video", "shortvideo": "video", "location": "location",
           "link": "link"}
 # Menu CLICK keys: the main menu's choice ids, plus global commands.
-MENU_CHOICES = frozenset(choice for choice, _state in MENU_ITEMS if choice != "human")
+MENU_CHOICES = frozenset(entry.choice for entry in menu_entries() if entry.choice != "human")
 MENU_COMMANDS = {"human": "human", "help": "help", "menu": "menu", "start": "start", "language": "language"}
+# What the user types for the next page of a long answer.
+NEXT_PAGE = "0"
+# Room kept on each page for the "reply 0" line.
+PAGE_FOOTER_BYTES = 120
+MAX_REMEMBERED = 20_000
 
 
 @dataclass(frozen=True)
-class Plan:
+class InboundPlan:
     """What one inbound message asks of the bot."""
 
     action: Literal["dispatch", "transfer", "unsubscribe", "ignore"]
@@ -104,6 +115,8 @@ class _Delivery:
     # passive: a waiting request answered with the result; deferred: the result goes by customer service.
     outcome: Literal["running", "passive", "deferred", "failed"] = "running"
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Other deliveries answered with this one's result (a next message on an account that cannot push).
+    aliases: list[str] = field(default_factory=list)
 
 
 class Refused(Exception):
@@ -128,8 +141,19 @@ class WeChatChannel:
         self.api = WeChatApi(settings.wechat_api_base_url, settings.wechat_app_id, settings.wechat_app_secret,
                              DbTokenStore(rt.db, rt.vault, settings.wechat_app_id),
                              timeout=settings.wechat_api_timeout)
-        self.sender = CustomerServiceSender(rt, self.api)
+        # Raises ConfigurationError for settings that cannot work together, so the server does not start.
+        self.caps = Capabilities.declared(settings)
+        self.sender = CustomerServiceSender(rt, self.api, self.caps)
+        if not self.caps.customer_service:
+            rt.dispatcher.no_push_channels.add(CHANNEL)
+        self.registry_budget = min(settings.wechat_registry_timeout, settings.registry_timeout)
         self._deliveries: dict[str, _Delivery] = {}
+        # openid -> the key of the user's latest delivery (to join it from their next message).
+        self._latest: OrderedDict[str, str] = OrderedDict()
+        # openid -> pages of a long answer not shown yet.
+        self._pages: OrderedDict[str, list[str]] = OrderedDict()
+        # Deliveries answered without a step (a next page, results collected): the passive text, for retries.
+        self._answered: OrderedDict[str, str] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         # Language per openid for the texts this channel adds before the step has said anything.
         self._langs: OrderedDict[str, str] = OrderedDict()
@@ -197,7 +221,10 @@ class WeChatChannel:
             assert self.codec is not None
             if not self.codec.signature_ok(request.query.get("msg_signature", ""), timestamp, nonce, envelope):
                 raise Refused(403, "bad msg_signature")
-        if not await self.nonces.check_and_add(timestamp, nonce, self.clock()):
+        digest = request_digest(request.query.get("signature", ""), request.query.get("msg_signature", ""), raw)
+        # WeChat's retry after 5 s without an answer is the byte-identical request: it goes on, and its delivery
+        # key joins the running step or finds the stored answer. Anything else under a seen nonce is a replay.
+        if await self.nonces.check(timestamp, nonce, digest, self.clock()) == "replay":
             raise Refused(403, "replayed nonce")
         if encrypted:
             assert self.codec is not None
@@ -231,44 +258,47 @@ class WeChatChannel:
         return b"".join(chunks)
 
     # --- what the message means ---------------------------------------------------------------------------
-    async def _plan(self, msg: BaseMessage, fields: dict[str, str]) -> Plan:
+    async def _plan(self, msg: BaseMessage, fields: dict[str, str]) -> InboundPlan:
         openid = str(msg.source)
         msg_type = fields.get("MsgType", "").strip().lower()
         created = fields.get("CreateTime", "").strip()
         if msg_type == "event":
-            return await self._event_plan(msg, openid, f"c:{openid}:{created}")
+            # Events carry no MsgId; two kinds of event can share a second.
+            event_name = re.sub(r"[^A-Za-z0-9_]", "", fields.get("Event", ""))[:32]
+            return await self._event_plan(msg, openid, f"c:{openid}:{created}:{event_name}")
         msg_id = fields.get("MsgId", "").strip()
-        key = f"m:{msg_id}" if msg_id.isdigit() else f"m:{openid}:{created}"
+        # MsgId alone is not unique across users (WxJava #333 saw collisions): the sender is part of the key.
+        key = f"m:{openid}:{msg_id}" if msg_id.isdigit() else f"m:{openid}:t{created}"
         if isinstance(msg, TextMessage):
             content = msg.content if isinstance(msg.content, str) else ""
             command = parse_command(content)
             if self.native_support and command is not None and command[0] == "human":
-                return Plan("transfer")
-            return Plan("dispatch", (Event("text", text=content),), key)
-        return Plan("dispatch", (Event("media", media=_MEDIA.get(msg_type, "other")),), key)
+                return InboundPlan("transfer")
+            return InboundPlan("dispatch", (Event("text", text=content),), key)
+        return InboundPlan("dispatch", (Event("media", media=_MEDIA.get(msg_type, "other")),), key)
 
-    async def _event_plan(self, msg: BaseMessage, openid: str, key: str) -> Plan:
+    async def _event_plan(self, msg: BaseMessage, openid: str, key: str) -> InboundPlan:
         if isinstance(msg, UnsubscribeEvent):
-            return Plan("unsubscribe")
+            return InboundPlan("unsubscribe")
         if isinstance(msg, SubscribeEvent | SubscribeScanEvent | ScanEvent):
             scene = str(getattr(msg, "scene_id", "") or "")
             arg = f" {scene}" if _SCENE.fullmatch(scene) else ""
-            return Plan("dispatch", (Event("text", text=f"/start{arg}"),), key,
+            return InboundPlan("dispatch", (Event("text", text=f"/start{arg}"),), key,
                         resubscribe=not isinstance(msg, ScanEvent))
         if isinstance(msg, ClickEvent):
             click = str(msg.key or "").strip()
             if click == "human" and self.native_support:
-                return Plan("transfer")
+                return InboundPlan("transfer")
             if click in MENU_COMMANDS:
-                return Plan("dispatch", (Event("command", command=MENU_COMMANDS[click]),), key)
+                return InboundPlan("dispatch", (Event("command", command=MENU_COMMANDS[click]),), key)
             if click in MENU_CHOICES:
                 if click in await self._offered(openid):
-                    return Plan("dispatch", (Event("choice", choice=click),), key)
+                    return InboundPlan("dispatch", (Event("choice", choice=click),), key)
                 # Not on offer where the user is: back to the menu first, then the item, as if typed there.
-                return Plan("dispatch", (Event("command", command="menu"), Event("choice", choice=click)), key)
-            return Plan("dispatch", (Event("command", command="menu"),), key)
+                return InboundPlan("dispatch", (Event("command", command="menu"), Event("choice", choice=click)), key)
+            return InboundPlan("dispatch", (Event("command", command="menu"),), key)
         # VIEW, location reports, template receipts…: nothing to say.
-        return Plan("ignore")
+        return InboundPlan("ignore")
 
     async def _offered(self, openid: str) -> set[str]:
         async with self.rt.db.session() as session:
@@ -284,7 +314,7 @@ class WeChatChannel:
         return {str(item[0]) for item in offered if isinstance(item, list) and item}
 
     # --- answering ---------------------------------------------------------------------------------------
-    async def _act(self, msg: BaseMessage, openid: str, plan: Plan, encrypted: bool,
+    async def _act(self, msg: BaseMessage, openid: str, plan: InboundPlan, encrypted: bool,
                    started: float) -> web.Response:
         if plan.action == "ignore":
             return _success()
@@ -297,28 +327,66 @@ class WeChatChannel:
                                                           time=int(self.clock())).render(), encrypted)
         if plan.resubscribe:
             await self._set_active(openid, True)
+        answered = self._answered.get(plan.dedupe_key)
+        if answered is not None:
+            return self._text(msg, answered, encrypted)
+        page = self._next_page(openid, plan)
+        if page is not None:
+            return self._text(msg, self._remember_answer(plan.dedupe_key, page), encrypted)
         try:
             answer = await self._dispatch(openid, plan, started)
         except Exception:
             log.exception("wechat step failed")
             return self._text(msg, text_of(self.rt.catalog, "wechat.error", self._lang(openid)), encrypted)
         if answer is None:
-            return self._text(msg, text_of(self.rt.catalog, "wechat.working", self._lang(openid)), encrypted)
-        payloads, lang, key = answer
+            # Never promise a push the account cannot send: without customer service the result waits for them.
+            key = "wechat.working" if self.caps.customer_service else "wechat.working_reply_to_see"
+            return self._text(msg, text_of(self.rt.catalog, key, self._lang(openid)), encrypted)
+        payloads, lang, _key = answer
         if not payloads:
             return _success()
-        return self._text(msg, self._passive_text(payloads, lang, key), encrypted)
+        return self._text(msg, self._passive_text(openid, payloads, lang), encrypted)
 
-    def _passive_text(self, payloads: list[dict[str, Any]], lang: str, key: str) -> str:
-        """One passive message; what does not fit goes out by customer service right after."""
+    def _passive_text(self, openid: str, payloads: list[dict[str, Any]], lang: str) -> str:
+        """One passive message; a text over WeChat's size is cut into pages the user asks for with "0"."""
         hint = text_of(self.rt.catalog, "wechat.choose_hint", lang)
         numbered = numbered_index(payloads)
-        texts = [payload_text(p, numbered=i == numbered, hint=hint) for i, p in enumerate(payloads)]
-        fit = split_fitting(texts)
-        if fit < len(payloads):
-            rest = [int(p["seq"]) for p in payloads[fit:] if "seq" in p]
-            self._spawn(self._hand_over(key, rest, delay=0.3))
-        return clip(join_texts(texts[:fit]), MAX_TEXT_BYTES, text_of(self.rt.catalog, "wechat.truncated", lang))
+        text = join_texts([payload_text(p, numbered=i == numbered, hint=hint) for i, p in enumerate(payloads)])
+        self._pages.pop(openid, None)
+        if len(text.encode("utf-8")) <= MAX_TEXT_BYTES:
+            return text
+        pages = paginate(text, MAX_TEXT_BYTES - PAGE_FOOTER_BYTES)
+        total = len(pages)
+        marked = [page + "\n\n" + self.rt.catalog.render(Msg("wechat.more", {"page": n, "pages": total}), lang)
+                  if n < total else page for n, page in enumerate(pages, 1)]
+        self._pages[openid] = marked[1:]
+        while len(self._pages) > MAX_REMEMBERED:
+            self._pages.popitem(last=False)
+        marker = text_of(self.rt.catalog, "wechat.truncated", lang)
+        return clip(marked[0], MAX_TEXT_BYTES, marker)
+
+    def _next_page(self, openid: str, plan: InboundPlan) -> str | None:
+        """"0" while a long answer has pages left: the next page, with no step. Anything else ends the paging."""
+        if plan.action != "dispatch" or openid not in self._pages:
+            return None
+        event = plan.events[-1] if plan.events else None
+        typed = unicodedata.normalize("NFKC", event.text).strip() if event is not None and event.kind == "text" \
+            else None
+        if typed != NEXT_PAGE:
+            self._pages.pop(openid, None)
+            return None
+        pages = self._pages[openid]
+        page = pages.pop(0)
+        if not pages:
+            del self._pages[openid]
+        return page
+
+    def _remember_answer(self, key: str, text: str) -> str:
+        if key:
+            self._answered[key] = text
+            while len(self._answered) > MAX_REMEMBERED:
+                self._answered.popitem(last=False)
+        return text
 
     def _text(self, msg: BaseMessage, text: str, encrypted: bool) -> web.Response:
         reply = TextReply(source=msg.target, target=msg.source, content=cdata_safe(text), time=int(self.clock()))
@@ -348,11 +416,19 @@ class WeChatChannel:
             self.sender.wake_for(openid)
 
     # --- the 5-second rule -----------------------------------------------------------------------------
-    async def _dispatch(self, openid: str, plan: Plan,
+    async def _dispatch(self, openid: str, plan: InboundPlan,
                         started: float) -> tuple[list[dict[str, Any]], str, str] | None:
         """The step's payloads if ready in time; None when the result will follow by customer service."""
         key = plan.dedupe_key
         delivery = self._deliveries.get(key)
+        if delivery is None and not self.caps.customer_service:
+            # Without customer service a result that missed its passive reply waits for the user: their next
+            # message, whatever it says, collects it instead of starting a step on a menu they have not seen.
+            joined = await self._collect(openid, key)
+            if isinstance(joined, _Delivery):
+                delivery = joined
+            elif joined is not None:
+                return joined
         if delivery is not None and delivery.task.done():
             return await self._answer_again(delivery, key)
         if delivery is None:
@@ -362,6 +438,10 @@ class WeChatChannel:
             task = asyncio.create_task(self._run_steps(openid, incomings))
             delivery = _Delivery(task, openid)
             self._deliveries[key] = delivery
+            self._latest[openid] = key
+            self._latest.move_to_end(openid)
+            while len(self._latest) > MAX_REMEMBERED:
+                self._latest.popitem(last=False)
             task.add_done_callback(functools.partial(self._step_done, key, delivery))
         remaining = self.passive_seconds - (asyncio.get_running_loop().time() - started)
         # Counted from now until this request gives up; one that answers stays counted, so the step's
@@ -379,7 +459,43 @@ class WeChatChannel:
         payloads, lang = delivery.task.result()
         return payloads, lang, key
 
+    async def _collect(self, openid: str,
+                       key: str) -> _Delivery | tuple[list[dict[str, Any]], str, str] | None:
+        """The user's earlier step still running (to join), or its result waiting in the outbox (claimed now,
+        to answer with); None when nothing waits and this message is a step of its own."""
+        latest = self._latest.get(openid)
+        earlier = self._deliveries.get(latest) if latest else None
+        if earlier is not None and earlier.outcome in ("running", "deferred"):
+            if not earlier.task.done():
+                earlier.aliases.append(key)
+                self._deliveries[key] = earlier
+                return earlier
+            await earlier.settled.wait()  # its rows are handed back to `pending` before they can be collected
+        user = await self.rt.dispatcher.user_for(CHANNEL, openid, create=False)
+        if user is None:
+            return None
+        async with self.rt.db.session() as session:
+            result = await session.exec(
+                update(OutboxMessage).where(col(OutboxMessage.user_id) == user.id,
+                                            col(OutboxMessage.channel) == CHANNEL,
+                                            col(OutboxMessage.kind) == "reply",
+                                            col(OutboxMessage.status) == "pending")
+                .values(status="sent", sent_at=utcnow())
+                .returning(col(OutboxMessage.seq), col(OutboxMessage.payload)))
+            held = sorted((int(seq), payload) for seq, payload in result.all())
+            await session.commit()
+        if not held:
+            return None
+        payloads = [json.loads(payload) for _seq, payload in held]
+        lang = self._lang_of(payloads) or self._lang(openid)
+        log.info("wechat result collected by the user's next message", extra={"rows": len(held)})
+        # A retry of this message gets the same text, not a step.
+        self._remember_answer(key, self._passive_text(openid, payloads, lang))
+        return payloads, lang, key
+
     async def _run_steps(self, openid: str, incomings: list[Incoming]) -> tuple[list[dict[str, Any]], str]:
+        # This task's own context: the cap applies to this step's registry reads only.
+        REGISTRY_READ_BUDGET.set(self.registry_budget)
         payloads: list[dict[str, Any]] = []
         for incoming in incomings:
             payloads = await self.rt.dispatcher.handle(incoming)
@@ -404,17 +520,26 @@ class WeChatChannel:
         if delivery.waiting > 0:
             delivery.outcome = "failed" if failed else "passive"
             delivery.settled.set()
-            # A retry from now on gets the same answer from the inbox (or, if the step failed, runs it anew).
+            # A retry from now on gets the same answer from the inbox (or, if the step failed, runs it anew);
+            # messages that joined it have no inbox row of their own, so they stay remembered a while.
             self._forget(key, delivery)
+            if delivery.aliases:
+                asyncio.get_running_loop().call_later(REMEMBER_SECONDS, self._forget_aliases, delivery)
             return
         delivery.outcome = "failed" if failed else "deferred"
         self._spawn(self._defer(key, delivery, failed))
         # Remembered a while, so WeChat's retries neither repeat nor lose what the sender delivers.
         asyncio.get_running_loop().call_later(REMEMBER_SECONDS, self._forget, key, delivery)
+        if delivery.aliases:
+            asyncio.get_running_loop().call_later(REMEMBER_SECONDS, self._forget_aliases, delivery)
 
     def _forget(self, key: str, delivery: _Delivery) -> None:
         if self._deliveries.get(key) is delivery:
             del self._deliveries[key]
+
+    def _forget_aliases(self, delivery: _Delivery) -> None:
+        for alias in delivery.aliases:
+            self._forget(alias, delivery)
 
     async def _defer(self, key: str, delivery: _Delivery, failed: bool) -> None:
         try:
@@ -425,14 +550,14 @@ class WeChatChannel:
                                            text_of(self.rt.catalog, "wechat.error", self._lang(delivery.openid)))
                 return
             await self._hand_over(key, None)
-            log.info("wechat step finished after the passive reply; result follows by customer service")
+            log.info("wechat step finished after the passive reply; result follows",
+                     extra={"via": "customer_service" if self.caps.customer_service else "next_message"})
         finally:
             delivery.settled.set()
 
-    async def _hand_over(self, key: str, seqs: list[int] | None, delay: float = 0.0) -> None:
-        """Turns a step's already-answered rows back to pending, so the sender delivers them."""
-        if delay:
-            await asyncio.sleep(delay)
+    async def _hand_over(self, key: str, seqs: list[int] | None) -> None:
+        """Turns a step's already-answered rows back to pending, so the sender (or the next message) delivers
+        them."""
         async with self.rt.db.session() as session:
             inbox_id = (await session.exec(select(InboxItem.id).where(
                 InboxItem.channel == CHANNEL, InboxItem.dedupe_key == key))).first()
@@ -498,6 +623,9 @@ def setup_wechat(app: web.Application, rt: Runtime) -> None:
     app.router.add_post(PATH, channel.receive)
 
     async def start_sender(_app: web.Application) -> None:
+        # Fails the start (ConfigurationError, naming the setting) when WeChat says the account cannot do
+        # what the settings declare.
+        await confirm(channel.caps, channel.api, rt.settings)
         rt.background.append(asyncio.create_task(channel.sender.run_forever()))
 
     async def drain(_app: web.Application) -> None:

@@ -31,6 +31,23 @@ OUT_OF_WINDOW = frozenset({45015, 45047})
 UNFOLLOWED = 43004
 # 40003: not an openid of this account. Retrying cannot help.
 BAD_RECIPIENT = frozenset({40003})
+NOT_AUTHORIZED = 48001
+# Answers no retry can change: the operator has to fix a setting or the account. Each names what to fix.
+CONFIG_ERRORS: dict[int, str] = {
+    NOT_AUTHORIZED: "WeChat refuses this API for the account (48001 api unauthorized): customer-service "
+                    "messages need a verified account and template messages a verified service account; "
+                    "set WECHAT_ACCOUNT to what the account is (unverified, verified_subscription, "
+                    "verified_service) and unset WECHAT_TEMPLATE_ID unless it is a verified service account",
+    40164: "this server's IP address is not on the account's IP whitelist (40164): add it in the WeChat admin "
+           "console (Settings and Development > Basic Configuration > IP whitelist) for WECHAT_APP_ID",
+    61004: "this server's IP address is not on the account's IP whitelist (61004): add it in the WeChat admin "
+           "console (Settings and Development > Basic Configuration > IP whitelist) for WECHAT_APP_ID",
+    40125: "WECHAT_APP_SECRET is not the account's AppSecret (40125 invalid appsecret)",
+    40013: "WECHAT_APP_ID is not a valid AppID (40013 invalid appid)",
+    40037: "WECHAT_TEMPLATE_ID is not a template of this account (40037 invalid template_id)",
+    47003: "the template refused a field (47003 argument invalid): check WECHAT_TEMPLATE_FIELDS against the "
+           "template's field names",
+}
 
 
 class WeChatApiError(RuntimeError):
@@ -38,6 +55,11 @@ class WeChatApiError(RuntimeError):
         super().__init__(f"WeChat API error {errcode}")
         self.errcode = errcode
         self.errmsg = errmsg[:200]
+
+    @property
+    def config_hint(self) -> str | None:
+        """What the operator must change, when this answer is a configuration error rather than bad luck."""
+        return CONFIG_ERRORS.get(self.errcode)
 
 
 class WeChatUnavailable(RuntimeError):
@@ -134,18 +156,20 @@ class WeChatApi:
         log.info("wechat access token refreshed", extra={"expires_in": lifetime})
         return CachedToken(value, self._clock() + lifetime)
 
-    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POSTs to an access-token API; a rejected token is refreshed once and the call made once more."""
+    async def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POSTs (GETs without a body) to an access-token API; a rejected token is refreshed once and the call
+        made once more."""
+        method = "GET" if body is None else "POST"
         token = await self.token()
         try:
-            return await self._request("POST", path, params={"access_token": token}, body=body)
+            return await self._request(method, path, params={"access_token": token}, body=body)
         except WeChatApiError as exc:
             if exc.errcode not in TOKEN_REJECTED:
                 raise
             log.info("wechat rejected the access token; refreshing once", extra={"errcode": exc.errcode})
             await self.store.discard(token)
         token = await self.token()
-        return await self._request("POST", path, params={"access_token": token}, body=body)
+        return await self._request(method, path, params={"access_token": token}, body=body)
 
     async def _request(self, method: str, path: str, *, params: dict[str, str],
                        body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -187,3 +211,13 @@ class WeChatApi:
 
     async def create_menu(self, menu: dict[str, Any]) -> dict[str, Any]:
         return await self.call("/cgi-bin/menu/create", menu)
+
+    async def customer_service_accounts(self) -> dict[str, Any]:
+        """The customer-service API's cheapest read: 48001 when the account has no customer-service API."""
+        return await self.call("/cgi-bin/customservice/getkflist")
+
+    async def templates(self) -> list[dict[str, Any]]:
+        """The account's templates (id, title, content with `{{thing1.DATA}}` placeholders); 48001 without them."""
+        data = await self.call("/cgi-bin/template/get_all_private_template")
+        found = data.get("template_list")
+        return [t for t in found if isinstance(t, dict)] if isinstance(found, list) else []

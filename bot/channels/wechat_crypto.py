@@ -1,8 +1,9 @@
 """Authenticates and opens what WeChat posts to /wechat: signatures, freshness, replay refusal, entity-free XML,
 and the AES envelope of safe mode (wechatpy does the AES; this module decides what reaches it).
 
-It must never compare a signature in variable time, never accept a request older than five minutes or a nonce
-it has already seen, and never let XML with a DOCTYPE or an entity reach a parser that would expand it.
+It must never compare a signature in variable time, never accept a request older than five minutes, nor a
+nonce it has already seen on anything but WeChat's byte-identical retry of that request, and never let XML with
+a DOCTYPE or an entity reach a parser that would expand it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hmac
 import re
 import secrets
 import time
-from typing import Any
+from typing import Any, Literal
 from xml.etree.ElementTree import Element, ParseError
 
 from defusedxml import DefusedXmlException
@@ -57,24 +58,38 @@ def fresh(timestamp: str, now: float) -> bool:
     return now - MAX_AGE_SECONDS <= ts <= now + MAX_FUTURE_SECONDS
 
 
-class NonceCache:
-    """Nonces seen, filed under the request's own (signed, fresh) timestamp: once a timestamp is too old to
-    pass the freshness check, its whole bucket goes.
+Seen = Literal["new", "retry", "replay"]
 
-    One process only: behind several workers a replay could land on another one, so there this belongs in
-    Redis (SET NX EX) or a table with a unique key; the inbox dedupe still keeps a replay from acting twice.
+
+def request_digest(signature: str, msg_signature: str, body: bytes) -> bytes:
+    """What makes a repeat of (timestamp, nonce) a retry rather than a replay: WeChat re-posts the byte-identical
+    request when it got no answer in 5 s, so the same signatures and body; anything else under that nonce is not
+    WeChat's retry."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (signature.encode(), msg_signature.encode(), body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.digest()
+
+
+class NonceCache:
+    """Nonces seen, with the digest of the request that carried them, filed under the request's own (signed,
+    fresh) timestamp: once a timestamp is too old to pass the freshness check, its whole bucket goes.
+
+    One process only: behind several workers a replay could land on another one, so SharedNonces adds Redis;
+    the inbox dedupe still keeps a replay from acting twice.
     """
 
     def __init__(self, max_age: int = MAX_AGE_SECONDS, max_entries: int = 1_000_000) -> None:
         self.max_age = max_age
         self.max_entries = max_entries
-        self._by_ts: dict[int, set[int]] = {}
+        self._by_ts: dict[int, dict[int, bytes]] = {}
         self._size = 0
         self._swept = 0.0
         self.overflowed = False
 
-    def check_and_add(self, timestamp: str, nonce: str, now: float | None = None) -> bool:
-        """True when this (timestamp, nonce) is new; records it."""
+    def check(self, timestamp: str, nonce: str, digest: bytes, now: float | None = None) -> Seen:
+        """`new` (and recorded), `retry` (this very request again) or `replay` (another request, same nonce)."""
         now = time.time() if now is None else now
         if now - self._swept >= 1.0:
             self._sweep(now)
@@ -83,17 +98,17 @@ class NonceCache:
         # hash() is salted per process and 64-bit: two different nonces colliding is not a practical worry.
         key = hash(nonce)
         if bucket is not None and key in bucket:
-            return False
+            return "retry" if hmac.compare_digest(bucket[key], digest) else "replay"
         if self._size >= self.max_entries:
             # Full of WeChat's own signed traffic: let it through unrecorded rather than refuse real users;
             # the inbox dedupe still stops a replay from acting twice.
             self.overflowed = True
-            return True
+            return "new"
         if bucket is None:
-            bucket = self._by_ts[ts] = set()
-        bucket.add(key)
+            bucket = self._by_ts[ts] = {}
+        bucket[key] = digest
         self._size += 1
-        return True
+        return "new"
 
     def _sweep(self, now: float) -> None:
         self._swept = now
@@ -188,15 +203,18 @@ class SharedNonces:
 
             self._redis = Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
 
-    async def check_and_add(self, timestamp: str, nonce: str, now: float | None = None) -> bool:
-        if not self.local.check_and_add(timestamp, nonce, now):
-            return False
-        if self._redis is None:
-            return True
-        # A nonce only needs remembering while its timestamp can still pass the freshness check.
+    async def check(self, timestamp: str, nonce: str, digest: bytes, now: float | None = None) -> Seen:
+        seen = self.local.check(timestamp, nonce, digest, now)
+        if seen != "new" or self._redis is None:
+            return seen
+        # A nonce only needs remembering while its timestamp can still pass the freshness check. The digest is
+        # stored with it, so WeChat's identical retry that lands on another worker is told from a replay there too.
         fresh_for = self.local.max_age + MAX_FUTURE_SECONDS + 5
-        added = await self._redis.set(f"{self.prefix}{int(timestamp)}:{nonce}", b"1", nx=True, ex=fresh_for)
-        return bool(added)
+        key = f"{self.prefix}{int(timestamp)}:{nonce}"
+        if await self._redis.set(key, digest, nx=True, ex=fresh_for):
+            return "new"
+        held = await self._redis.get(key)
+        return "retry" if isinstance(held, bytes) and hmac.compare_digest(held, digest) else "replay"
 
     async def close(self) -> None:
         if self._redis is not None:

@@ -3,7 +3,9 @@
 A user message opens 5 messages within 48 h; a menu click, a follow or a QR scan opens 3 within 1 minute.
 Window openings come from the inbox (dedupe keys `m:` for messages, `c:` for clicks/follows/scans), so they
 survive restarts. What cannot go out waits for the user's next message, or goes as a template message when one
-is configured and the row is a push. Rows are claimed (`sending`) before the call, so a passive retry answer
+is configured and the row is a push. On an account without the customer-service API (WECHAT_ACCOUNT=unverified,
+or one WeChat answered 48001/40164 for) replies wait for the user's next message, which the channel answers with
+them, and pushes are marked `unreachable`. Rows are claimed (`sending`) before the call, so a passive retry answer
 and this sender never deliver the same row twice.
 It must never send out of a user's seq order, never send to someone who unfollowed, and never log message text.
 """
@@ -14,15 +16,17 @@ import asyncio
 import json
 import logging
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_
 from sqlmodel import col, select, update
 
+from bot import metrics
+from bot.channels.wechat_account import Capabilities
 from bot.channels.wechat_api import (
     BAD_RECIPIENT,
     OUT_OF_WINDOW,
@@ -36,17 +40,22 @@ from bot.channels.wechat_text import (
     clip,
     join_texts,
     numbered_index,
+    paginate,
     payload_text,
     split_fitting,
+    template_data,
     text_of,
 )
 from bot.runtime import Runtime
-from bot.storage import InboxItem, OutboxMessage, User, utcnow
+from bot.storage import InboxItem, OutboxMessage, User, WeChatCsSend, utcnow
+from domain.beijing import TZ
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "wechat"
 MESSAGE_WINDOW = (timedelta(hours=48), 5)
+# The advisory lock space (bot.storage.Database.user_lock) that serialises one user's customer-service sends.
+CS_LOCK_SPACE = 1
 CLICK_WINDOW = (timedelta(minutes=1), 3)
 # A claim older than this belongs to a worker that died mid-send; the row is retried (at least once).
 CLAIM_TTL = timedelta(seconds=60)
@@ -86,21 +95,22 @@ class _Unit:
     rows: list[OutboxMessage]
     text: str
     push: bool
+    # A text over WeChat's size goes as several messages rather than cut.
+    pages: list[str] = field(default_factory=list)
 
 
 class CustomerServiceSender:
-    def __init__(self, rt: Runtime, api: WeChatApi) -> None:
+    def __init__(self, rt: Runtime, api: WeChatApi, caps: Capabilities | None = None) -> None:
         self.rt = rt
         self.api = api
         settings = rt.settings
+        self.caps = caps or Capabilities.declared(settings)
         self.poll_seconds = settings.wechat_sender_poll_seconds
-        self.template_id = settings.wechat_template_id
-        self.template_field = settings.wechat_template_field
+        self.template_id = settings.wechat_template_id if self.caps.templates else ""
         self.template_max_chars = settings.wechat_template_max_chars
+        # Configuration errors already reported: logged once, loudly, not once per message.
+        self.reported: set[int] = set()
         self.template_url = settings.wechat_template_url
-        # Customer-service sends per user, this process only (a restart forgets them; WeChat's 45047 then
-        # closes the window for us). The proposed `wechat_cs_sends` accounting would make it exact.
-        self.sends: dict[int, deque[datetime]] = defaultdict(deque)
         # WeChat said "out of window" at this time: wait for a newer opening.
         self.closed_at: dict[int, datetime] = {}
         self.backoff_until: dict[int, float] = {}
@@ -156,6 +166,8 @@ class CustomerServiceSender:
     async def flush(self) -> int:
         """One round over every user with something to deliver; returns how many messages went out."""
         async with self._lock:
+            if not self.caps.customer_service and not (self.caps.templates and self.template_id):
+                await self._unreachable_pushes()
             async with self.rt.db.session() as session:
                 user_ids = (await session.exec(
                     select(OutboxMessage.user_id).where(OutboxMessage.channel == CHANNEL, _claimable(utcnow()))
@@ -172,7 +184,39 @@ class CustomerServiceSender:
                 sent += await self._deliver(user_id, rows)
             return sent
 
+    async def _unreachable_pushes(self) -> None:
+        """Without any way to push, a push (reminder, status change, broadcast) can never arrive: say so now
+        rather than let it wait for ever. Replies stay pending: the user's next message collects them."""
+        async with self.rt.db.session() as session:
+            result = await session.exec(update(OutboxMessage).where(
+                col(OutboxMessage.channel) == CHANNEL, col(OutboxMessage.kind) == "push",
+                col(OutboxMessage.status) == "pending").values(status="unreachable", sent_at=utcnow()))
+            await session.commit()
+        if result.rowcount:
+            log.info("wechat pushes unreachable: the account cannot send customer-service or template messages",
+                     extra={"rows": result.rowcount})
+
     async def _deliver(self, user_id: int, rows: list[OutboxMessage]) -> int:
+        # One worker at a time counts and spends this user's window, so N workers never send more than WeChat
+        # allows (its own lock space: a user's steps are not held up by a push going out).
+        async with self.rt.db.user_lock(user_id, space=CS_LOCK_SPACE):
+            return await self._deliver_locked(user_id, rows)
+
+    async def _recent_sends(self, user_id: int, now: datetime) -> deque[datetime]:
+        """This user's customer-service sends within the longest window, from every worker, oldest first."""
+        async with self.rt.db.session() as session:
+            moments = (await session.exec(
+                select(WeChatCsSend.sent_at).where(WeChatCsSend.user_id == user_id,
+                                                   col(WeChatCsSend.sent_at) > now - MESSAGE_WINDOW[0])
+                .order_by(col(WeChatCsSend.sent_at)))).all()
+        return deque(moment for moment in (aware(m) for m in moments) if moment is not None)
+
+    async def _record_send(self, user_id: int) -> None:
+        async with self.rt.db.session() as session:
+            session.add(WeChatCsSend(user_id=user_id, sent_at=utcnow()))
+            await session.commit()
+
+    async def _deliver_locked(self, user_id: int, rows: list[OutboxMessage]) -> int:
         async with self.rt.db.session() as session:
             user = await session.get(User, user_id)
         if user is None or not rows:
@@ -183,14 +227,13 @@ class CustomerServiceSender:
         now = utcnow()
         last_message, last_click = await self._openings(user_id)
         closed = self.closed_at.get(user_id)
-        if closed is not None and not any(o is not None and o > closed for o in (last_message, last_click)):
+        if not self.caps.customer_service:
+            allowance = 0
+        elif closed is not None and not any(o is not None and o > closed for o in (last_message, last_click)):
             allowance = 0
         else:
             self.closed_at.pop(user_id, None)
-            sends = self.sends[user_id]
-            while sends and now - sends[0] > MESSAGE_WINDOW[0]:
-                sends.popleft()
-            allowance = window_allowance(now, last_message, last_click, sends)
+            allowance = window_allowance(now, last_message, last_click, await self._recent_sends(user_id, now))
         sent = 0
         for unit in self._units(rows, user.lang):
             if allowance > 0:
@@ -198,14 +241,14 @@ class CustomerServiceSender:
                 if outcome == "sent":
                     allowance -= 1
                     sent += 1
-                    self.sends[user_id].append(utcnow())
+                    await self._record_send(user_id)
                     continue
                 if outcome == "failed":
                     continue
                 if outcome == "unfollowed":
                     self._park(user)
                     return sent
-                if outcome != "closed":
+                if outcome not in ("closed", "disabled"):
                     return sent
                 allowance = 0
             if self.template_id and unit.push:
@@ -245,8 +288,10 @@ class CustomerServiceSender:
             texts = [payload_text(p, numbered=i == numbered, hint=hint) for i, p in enumerate(payloads)]
             while group:
                 fit = split_fitting(texts)
-                units.append(_Unit(group[:fit], clip(join_texts(texts[:fit]), MAX_TEXT_BYTES, marker),
-                                   push=all(r.kind == "push" for r in group[:fit])))
+                joined = join_texts(texts[:fit])
+                units.append(_Unit(group[:fit], clip(joined, MAX_TEXT_BYTES, marker),
+                                   push=all(r.kind == "push" for r in group[:fit]),
+                                   pages=paginate(joined, MAX_TEXT_BYTES)))
                 group, texts = group[fit:], texts[fit:]
         return units
 
@@ -259,13 +304,19 @@ class CustomerServiceSender:
             return "lost"
         try:
             if template:
-                text = unit.text if len(unit.text) <= self.template_max_chars else \
-                    unit.text[: max(0, self.template_max_chars - 1)] + "…"
-                await self.api.send_template(user.external_id, self.template_id,
-                                             {self.template_field: {"value": text}}, self.template_url)
+                when = utcnow().astimezone(TZ).strftime("%Y-%m-%d %H:%M")
+                await self.api.send_template(user.external_id, self.template_id, template_data(
+                    unit.text, self.caps.template_fields, when, self.template_max_chars), self.template_url)
             else:
-                await self.api.send_text(user.external_id, unit.text)
+                # Pages of one unit go together; a failure part-way resends the unit (at least once).
+                for page in unit.pages or [unit.text]:
+                    await self.api.send_text(user.external_id, page)
+                    metrics.SENDS.labels(CHANNEL, "ok").inc()
         except WeChatApiError as exc:
+            if exc.config_hint is not None:
+                await self._settle(ids, "pending", attempt=False)
+                self._configuration_error(exc, template=template)
+                return "disabled"
             if exc.errcode in OUT_OF_WINDOW and not template:
                 await self._settle(ids, "pending", attempt=False)
                 self.closed_at[user.id] = utcnow()
@@ -291,6 +342,19 @@ class CustomerServiceSender:
         log.info("wechat message sent", extra={"user_id": user.id, "rows": len(ids),
                                                "via": "template" if template else "customer_service"})
         return "sent"
+
+    def _configuration_error(self, exc: WeChatApiError, *, template: bool) -> None:
+        """No retry can fix it: stop using what WeChat refused, for this process, and tell the operator once."""
+        if template:
+            self.caps.templates = False
+            self.template_id = ""
+        else:
+            self.caps.customer_service = False
+            self.rt.dispatcher.no_push_channels.add(CHANNEL)
+        if exc.errcode not in self.reported:
+            self.reported.add(exc.errcode)
+            log.critical("wechat configuration error: %s", exc.config_hint,
+                         extra={"errcode": exc.errcode, "via": "template" if template else "customer_service"})
 
     async def _retry_later(self, user_id: int, unit: _Unit, ids: list[int], why: str) -> str:
         attempts = max(row.attempts for row in unit.rows) + 1
@@ -327,6 +391,8 @@ class CustomerServiceSender:
 
     async def send_now(self, openid: str, text: str) -> bool:
         """A message outside the outbox (the apology when a deferred step failed): sent if a window is open."""
+        if not self.caps.customer_service:
+            return False
         try:
             await self.api.send_text(openid, text)
         except (WeChatApiError, WeChatUnavailable) as exc:

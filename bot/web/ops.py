@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from bot.web.chat import RUNTIME
+from bot.web.chat import RUNTIME, STATIC
 from dialogs.phones import parse_mainland_mobile
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,13 @@ async def sandbox_sms(request: web.Request) -> web.Response:
     return web.json_response(gateway.sent(parsed.national))
 
 
+async def favicon(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC / "favicon.ico", headers={"Content-Type": "image/x-icon",
+                                                             "Cache-Control": "public, max-age=86400"})
+
+
 def routes(app: web.Application, *, sandbox_sms_enabled: bool) -> None:
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if sandbox_sms_enabled:

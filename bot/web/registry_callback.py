@@ -1,9 +1,11 @@
-"""The registry's signed status callback. Forged, stale or oversized callbacks are refused before parsing."""
+"""The registry's signed status callback. Forged, stale or oversized callbacks are refused before parsing;
+repeated or out-of-order ones change nothing (bot/unbind_requests.py keeps statuses monotone)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -30,8 +32,17 @@ async def registry_callback(request: web.Request) -> web.Response:
         answer = parse_callback(body)
     except RegistryError:
         return web.json_response({"error": "malformed"}, status=400)
-    await rt.unbind.update_from_registry(answer)
+    # The signed time orders callbacks and, with the request and status, makes a repeated one a no-op.
+    await rt.unbind.update_from_registry(answer, at=_signed_at(header))
     return web.Response(status=204)
+
+
+def _signed_at(header: str) -> datetime | None:
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t" and value.isdigit() and len(value) <= 12:
+            return datetime.fromtimestamp(int(value), UTC)
+    return None
 
 
 def routes(app: web.Application) -> None:

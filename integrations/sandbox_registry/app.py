@@ -58,6 +58,7 @@ class SandboxRegistry:
         done_after: float,
         tick_seconds: float,
         callback_hosts: Collection[str] | None,
+        callback_url: Callable[[], str | None] | None = None,
     ) -> None:
         if not 0 <= processing_after <= done_after:
             raise ValueError("need 0 <= processing_after <= done_after")
@@ -68,6 +69,8 @@ class SandboxRegistry:
         self.done_after = done_after
         self.tick_seconds = tick_seconds
         self.callback_hosts = None if callback_hosts is None else frozenset(h.lower() for h in callback_hosts)
+        # When mounted inside the bot: the bot's own callback URL, the only place callbacks may go.
+        self.callback_url = callback_url
         # One worker thread: SQLite work is serialised without locks, and the event loop never blocks on it.
         self._executor: ThreadPoolExecutor | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -174,11 +177,15 @@ def create_app(
     done_after: float = 300.0,
     tick_seconds: float = 1.0,
     callback_hosts: Collection[str] | None = None,
+    callback_url: Callable[[], str | None] | None = None,
+    api_token: str = "",
 ) -> web.Application:
     """The sandbox registry; mount it anywhere (routes are relative) or serve it on its own.
 
-    `callback_hosts`, when given, is the only set of hosts status callbacks may go to: set it when the
-    sandbox is reachable by strangers, or anyone can make this server POST to arbitrary URLs.
+    `callback_hosts`, when given, is the only set of hosts status callbacks may go to, and `callback_url`
+    the only URL (mounted in the bot: its own callback route): without them anyone who reaches the sandbox can
+    make this server POST to arbitrary URLs. `api_token`, when set, is required as `Authorization: Bearer` on
+    every /v1 route except health (the standalone sandbox always sets one).
     """
     registry = SandboxRegistry(
         db_path,
@@ -189,8 +196,9 @@ def create_app(
         done_after=done_after,
         tick_seconds=tick_seconds,
         callback_hosts=callback_hosts,
+        callback_url=callback_url,
     )
-    app = web.Application(middlewares=[_json_errors])
+    app = web.Application(middlewares=[_json_errors, _bearer(api_token)])
     app[REGISTRY_KEY] = registry
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_get("/v1/health", _health)
@@ -240,6 +248,21 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
         # The route pattern, not the path: the path holds the phone number.
         log.exception("sandbox registry: %s %s failed", request.method, request.match_info.route.resource)
         return _error(500, "internal")
+
+
+def _bearer(token: str) -> Callable[..., Any]:
+    """Refuses every /v1 call but health without the token; the demo listing (/numbers) stays open."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        if token and "/v1/" in request.path and not request.path.endswith("/v1/health"):
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return _error(401, "unauthorized")
+        return await handler(request)
+
+    return middleware
 
 
 def _registry(request: web.Request) -> SandboxRegistry:
@@ -375,6 +398,9 @@ def _callback_allowed(registry: SandboxRegistry, url: str) -> bool:
         return False
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
+    if registry.callback_url is not None:
+        own = registry.callback_url()
+        return own is not None and url == own
     return registry.callback_hosts is None or parts.hostname.lower() in registry.callback_hosts
 
 
@@ -460,8 +486,11 @@ async def _create_tag(request: web.Request) -> web.Response:
     # A tag vouches for the current holder, so it cannot reach back before their tenure or into the future.
     if since < row["tenure_start"][:7] or since > now.strftime("%Y-%m"):
         return _error(422, "since_outside_tenure")
-    tag = await registry.run(registry.store.create_tag, phone, str(kind), since, now)
-    return _ok(tag, status=201)
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and not (len(key) <= 255 and key.isascii() and key.isprintable()):
+        return _error(400, "bad_idempotency_key")
+    created, tag = await registry.run(registry.store.create_tag, phone, str(kind), since, now, key)
+    return _ok(tag, status=201 if created else 200)
 
 
 async def _get_tag(request: web.Request) -> web.Response:

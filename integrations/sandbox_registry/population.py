@@ -381,8 +381,12 @@ CREATE TABLE IF NOT EXISTS tags (
     since TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tag_keys (
+    idempotency_key TEXT PRIMARY KEY,
+    code TEXT NOT NULL REFERENCES tags(code)
+);
 """
-OUR_TABLES = ("meta", "platforms", "numbers", "bindings", "unbind_requests", "unbind_items", "tags")
+OUR_TABLES = ("meta", "platforms", "numbers", "bindings", "unbind_requests", "unbind_items", "tags", "tag_keys")
 
 
 class NotASandboxDatabase(RuntimeError):

@@ -364,15 +364,27 @@ class RegistryStore:
 
     # --- tags ------------------------------------------------------------------------------------
 
-    def create_tag(self, phone: str, kind: str, since: str, now: datetime) -> dict[str, Any]:
+    def create_tag(self, phone: str, kind: str, since: str, now: datetime,
+                   idempotency_key: str | None = None) -> tuple[bool, dict[str, Any]]:
+        """(created, tag): a retry under an idempotency key seen before gets the tag first filed under it."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if idempotency_key:
+                earlier = conn.execute("SELECT code FROM tag_keys WHERE idempotency_key = ?",
+                                       (idempotency_key,)).fetchone()
+                if earlier is not None:
+                    conn.execute("COMMIT")
+                    tag = self.tag(earlier["code"])
+                    assert tag is not None
+                    return False, tag
             while True:
                 code = new_code()
                 if conn.execute("SELECT 1 FROM tags WHERE code = ?", (code,)).fetchone() is None:
                     break
             conn.execute("INSERT INTO tags VALUES (?, ?, ?, ?, ?)", (code, phone, kind, since, _ts(now)))
+            if idempotency_key:
+                conn.execute("INSERT INTO tag_keys VALUES (?, ?)", (idempotency_key, code))
             if kind == "clear_harassment":
                 # Clearing a stale harassment label is the point of this tag kind (号码标记).
                 conn.execute("UPDATE numbers SET tagged = 0 WHERE phone = ?", (phone,))
@@ -380,8 +392,8 @@ class RegistryStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return {"code": code, "kind": kind, "since": since, "phone_masked": mask_phone(phone),
-                "created_at": _ts(now)}
+        return True, {"code": code, "kind": kind, "since": since, "phone_masked": mask_phone(phone),
+                      "created_at": _ts(now)}
 
     def tag(self, code: str) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT * FROM tags WHERE code = ?", (code,)).fetchone()

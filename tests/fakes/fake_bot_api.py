@@ -4,6 +4,13 @@ Every call is recorded (method, parameters, HTTP status). Faults (429 with retry
 stall) are matched by method and chat and consumed in order. It speaks JSON, urlencoded and multipart
 bodies, so python-telegram-bot's httpx transport and aiogram can be pointed at it too (bench/).
 
+It refuses on its own what Telegram refuses, at least as strictly: text over 4,096 UTF-16 units, callback data
+outside 1–64 bytes, more than 100 buttons, a contact request outside a private chat, setWebhook with a URL that
+is not HTTPS on 443/80/88/8443 or a secret outside [A-Za-z0-9_-]{1,256}, getUpdates while a webhook is set
+(409), and flood (429 with retry_after): over 30 messages in any second per bot, over 1 per second per private
+chat after a burst of 3, over 20 a minute per group. Telegram tolerates short bursts it does not document; the
+fake allows only these, with 50 ms for network jitter.
+
 Run standalone: python -m tests.fakes.fake_bot_api --port 8081 (prints its base URL).
 """
 
@@ -14,8 +21,11 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
+import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +36,65 @@ BOT_USER = {"id": 123, "is_bot": True, "first_name": "Haoqing", "username": "hao
 _JSON_FIELDS = {"reply_markup", "allowed_updates", "commands", "scope", "link_preview_options",
                 "reply_parameters", "entities", "caption_entities"}
 _INT_FIELDS = {"chat_id", "message_id", "offset", "limit", "timeout", "max_connections", "cache_time"}
+# Methods that put a message on a chat, and so count against flood control.
+FLOOD_METHODS = frozenset({"sendMessage", "editMessageText", "editMessageReplyMarkup"})
+_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
+JITTER = 0.05
+
+
+@dataclass
+class FloodRules:
+    bot_per_second: int = 30
+    chat_per_second: float = 1.0
+    chat_burst: int = 3
+    group_per_minute: int = 20
+
+
+class Flood:
+    """Telegram's flood control as the fake applies it; `check` returns the seconds to wait, 0 when allowed."""
+
+    def __init__(self, rules: FloodRules) -> None:
+        self.rules = rules
+        self._bot: deque[float] = deque()
+        self._chat_tat: dict[int, float] = {}
+        self._group: dict[int, deque[float]] = {}
+
+    def check(self, chat_id: int | None, now: float) -> float:
+        rules = self.rules
+        while self._bot and self._bot[0] <= now - 1.0:
+            self._bot.popleft()
+        if len(self._bot) >= rules.bot_per_second:
+            return self._bot[0] + 1.0 - now
+        if chat_id is not None and chat_id < 0:
+            window = self._group.setdefault(chat_id, deque())
+            while window and window[0] <= now - 60.0:
+                window.popleft()
+            if len(window) >= rules.group_per_minute:
+                return window[0] + 60.0 - now
+            window.append(now)
+        elif chat_id is not None:
+            tolerance = (rules.chat_burst - 1) / rules.chat_per_second
+            tat = self._chat_tat.get(chat_id, now)
+            if tat - tolerance > now + JITTER:
+                return tat - tolerance - now
+            self._chat_tat[chat_id] = max(tat, now) + 1.0 / rules.chat_per_second
+        self._bot.append(now)
+        return 0.0
+
+
+def flood_violations(timeline: Sequence[Sequence[Any]], rules: FloodRules | None = None) -> list[str]:
+    """Replays a timeline of accepted sends [(method, chat_id, t)] against the rules: what should have got a 429.
+    The bench asserts this is empty for the fake's log while a load test runs."""
+    flood = Flood(rules or FloodRules())
+    found = []
+    for method, chat_id, at in sorted(timeline, key=lambda entry: entry[2]):
+        if method in FLOOD_METHODS and flood.check(chat_id, at) > 0:
+            found.append(f"{method} to {chat_id} at {at:.3f}")
+    return found
+
+
+def _utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
 
 
 @dataclass
@@ -79,8 +148,13 @@ def _normalise(params: dict[str, Any]) -> dict[str, Any]:
 
 
 class FakeBotApi:
-    def __init__(self, token: str = "123:ABC", *, record: bool = True, timeline: bool = False) -> None:
+    def __init__(self, token: str = "123:ABC", *, record: bool = True, timeline: bool = False,
+                 flood: FloodRules | None = None, strict_flood: bool = True) -> None:
         self.token = token
+        # Flood control on by default; `strict_flood=False` only for baselines that measure other libraries.
+        self.flood = Flood(flood or FloodRules()) if strict_flood else None
+        # The 429s the fake gave on its own (not scripted): a sender that keeps to the limits causes none.
+        self.flood_refusals: list[tuple[str, int | None, float]] = []
         self.record = record
         # Bench mode: (method, chat_id, time.monotonic()) per call, read and cleared at GET /__timeline.
         self.timeline: list[tuple[str, int | None, float]] | None = [] if timeline else None
@@ -120,7 +194,7 @@ class FakeBotApi:
         return web.json_response(entries)
 
     async def _count(self, request: web.Request) -> web.Response:
-        return web.json_response({"sent": self.sent_count})
+        return web.json_response({"sent": self.sent_count, "flood_refusals": len(self.flood_refusals)})
 
     async def start(self, port: int = 0) -> FakeBotApi:
         # Long polls still waiting must not hold up shutdown, nor outlive a client that went away.
@@ -232,6 +306,16 @@ class FakeBotApi:
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return self._error(method, params, 404, "Not Found: method not found")
+        refused = self._validate(method, params)
+        if refused is not None:
+            return self._error(method, params, 400, refused)
+        if self.flood is not None and method in FLOOD_METHODS:
+            wait = self.flood.check(_int(params.get("chat_id")), time.monotonic())
+            if wait > 0:
+                retry = max(1, math.ceil(wait))
+                self.flood_refusals.append((method, _int(params.get("chat_id")), time.monotonic()))
+                return self._error(method, params, 429, f"Too Many Requests: retry after {retry}",
+                                   {"retry_after": retry})
         result = await handler(params)
         if isinstance(result, web.Response):
             return result
@@ -259,6 +343,40 @@ class FakeBotApi:
             return None
         raise ValueError(fault.kind)
 
+    def _validate(self, method: str, params: dict[str, Any]) -> str | None:
+        """Telegram's own 400s for what the bot must never send."""
+        if method in ("sendMessage", "editMessageText") and _utf16(str(params.get("text", ""))) > 4096:
+            return "Bad Request: message is too long"
+        markup = params.get("reply_markup")
+        if isinstance(markup, dict):
+            rows = markup.get("inline_keyboard")
+            if isinstance(rows, list):
+                buttons = [b for row in rows if isinstance(row, list) for b in row]
+                if len(buttons) > 100:
+                    return "Bad Request: reply markup is too long"
+                for button in buttons:
+                    data = button.get("callback_data") if isinstance(button, dict) else None
+                    if data is not None and not 1 <= len(str(data).encode()) <= 64:
+                        return "Bad Request: BUTTON_DATA_INVALID"
+            keys = markup.get("keyboard")
+            if isinstance(keys, list) and any(isinstance(b, dict) and b.get("request_contact")
+                                              for row in keys if isinstance(row, list) for b in row):
+                chat = _int(params.get("chat_id"))
+                if chat is None or chat < 0:
+                    return "Bad Request: phone number can be requested in private chats only"
+        if method == "setWebhook":
+            url = str(params.get("url", ""))
+            if url:
+                match = re.fullmatch(r"https://[^/:]+(?::(\d+))?(/.*)?", url)
+                if match is None:
+                    return "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
+                if int(match.group(1) or 443) not in (443, 80, 88, 8443):
+                    return "Bad Request: bad webhook: Webhook can be set up only on ports 80, 88, 443 or 8443"
+            secret = params.get("secret_token")
+            if secret is not None and not _SECRET.fullmatch(str(secret)):
+                return "Bad Request: bad webhook: secret token contains unallowed characters"
+        return None
+
     def _chat(self, chat_id: Any) -> dict[str, Any]:
         cid = int(chat_id)
         return {"id": cid, "type": "private", "first_name": "U"} if cid > 0 else {"id": cid, "type": "group",
@@ -268,7 +386,7 @@ class FakeBotApi:
         return BOT_USER
 
     async def _m_setWebhook(self, params: dict[str, Any]) -> Any:
-        self.webhook = params
+        self.webhook = params if params.get("url") else None
         return True
 
     async def _m_deleteWebhook(self, params: dict[str, Any]) -> Any:
@@ -339,6 +457,9 @@ class FakeBotApi:
         return message
 
     async def _m_getUpdates(self, params: dict[str, Any]) -> Any:
+        if self.webhook and self.webhook.get("url"):
+            return self._error("getUpdates", params, 409, "Conflict: can't use getUpdates method while webhook is "
+                               "active; use deleteWebhook to delete the webhook first")
         offset = params.get("offset")
         if isinstance(offset, int):
             # The offset acknowledges everything before it, as Telegram does.
@@ -426,8 +547,11 @@ async def _main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default="123:ABC")
     parser.add_argument("--timeline", action="store_true", help="keep call times for GET /__timeline")
+    parser.add_argument("--no-flood", action="store_true", help="no flood control (baselines of other libraries)")
+    parser.add_argument("--bot-per-second", type=int, default=30, help="flood control: messages/s per bot")
     args = parser.parse_args()
-    fake = await FakeBotApi(args.token, record=False, timeline=args.timeline).start(args.port)
+    fake = await FakeBotApi(args.token, record=False, timeline=args.timeline, strict_flood=not args.no_flood,
+                            flood=FloodRules(bot_per_second=args.bot_per_second)).start(args.port)
     print(fake.base_url, flush=True)
     await asyncio.Event().wait()
 

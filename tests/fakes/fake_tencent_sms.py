@@ -165,3 +165,9 @@ class FakeTencentSms:
         if not hmac.compare_digest(expected, parts.get("Signature", "")):
             return "AuthFailure.SignatureFailure"
         return ""
+
+
+def codes_to(fake: FakeTencentSms, phone: str) -> list[str]:
+    """The verification codes the fake was asked to send to mainland number `phone`, oldest first."""
+    return [str(call.payload["TemplateParamSet"][0]) for call in fake.calls
+            if call.payload.get("PhoneNumberSet") == [f"+86{phone}"]]

@@ -2,6 +2,12 @@
 
 It issues numbered tokens, rejects unknown ones with 40001 and expired ones with 42001, records every call,
 and misbehaves on cue: scripted error codes (40001, 42001, 45047…) for the next calls to a path, or a stall.
+It is at least as strict as WeChat on its own: an `unverified` account gets 48001 from the customer-service and
+template APIs (a `verified_subscription` one from the template API); a customer-service message needs an open
+window (5 within 48 h of a user message, 3 within a minute of a click, follow or scan; 45015 outside, 45047 over
+the count) and at most 2048 bytes (45002); a template message needs one of the account's templates (40037),
+exactly its fields, each within its type's length (47003). The windows open when a WeChatUser given this fake
+posts to the webhook, as WeChat's own servers would know.
 """
 
 from __future__ import annotations
@@ -10,11 +16,14 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import xmltodict
 from aiohttp import web
 from wechatpy.crypto import WeChatCrypto
@@ -23,6 +32,15 @@ TOKEN_PATH = "/cgi-bin/token"
 CUSTOM_SEND = "/cgi-bin/message/custom/send"
 TEMPLATE_SEND = "/cgi-bin/message/template/send"
 MENU_CREATE = "/cgi-bin/menu/create"
+KF_LIST = "/cgi-bin/customservice/getkflist"
+TEMPLATE_LIST = "/cgi-bin/template/get_all_private_template"
+MAX_TEXT_BYTES = 2048
+MESSAGE_WINDOW = (48 * 3600.0, 5)
+CLICK_WINDOW = (60.0, 3)
+# Field types and the longest value WeChat takes since 2023 (characters).
+FIELD_LIMITS = {"thing": 20, "character_string": 32, "phrase": 5, "name": 10, "number": 32, "letter": 32,
+                "symbol": 5, "time": 30, "date": 30, "amount": 32, "const": 20}
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\.DATA\s*\}\}")
 
 
 @dataclass
@@ -33,10 +51,26 @@ class Call:
     errcode: int = 0
 
 
+@dataclass
+class Window:
+    opened_at: float
+    used: int = 0
+
+
 class FakeWeChatApi:
-    def __init__(self, app_id: str = "wx-test-app", app_secret: str = "test-app-secret") -> None:
+    def __init__(self, app_id: str = "wx-test-app", app_secret: str = "test-app-secret", *,
+                 account: str = "verified_service", clock: Callable[[], float] = time.time,
+                 templates: dict[str, str] | None = None, whitelisted: bool = True) -> None:
         self.app_id = app_id
         self.app_secret = app_secret
+        self.account = account
+        self.clock = clock
+        self.whitelisted = whitelisted
+        # template id -> content with {{field.DATA}} placeholders, as get_all_private_template lists them.
+        self.templates = templates if templates is not None else {
+            "tpl-status": "状态：{{thing1.DATA}}\n时间：{{time2.DATA}}"}
+        # openid -> the latest window of each kind: "message" (48 h, 5) and "click" (1 min, 3).
+        self.windows: dict[str, dict[str, Window]] = defaultdict(dict)
         self.url = ""
         self.calls: list[Call] = []
         self.tokens_issued: list[str] = []
@@ -59,6 +93,47 @@ class FakeWeChatApi:
 
     def stall(self, seconds: float) -> None:
         self.stall_seconds = seconds
+
+    def user_posted(self, openid: str, kind: str) -> None:
+        """What WeChat's servers know when a user writes (`message`) or clicks, follows or scans (`click`)."""
+        self.windows[openid][kind] = Window(self.clock())
+
+    def _window_error(self, openid: str) -> int:
+        """0 and the message counted when a window is open; else 45015 (none open) or 45047 (count used)."""
+        now = self.clock()
+        best: Window | None = None
+        exhausted = False
+        for kind, (length, limit) in (("message", MESSAGE_WINDOW), ("click", CLICK_WINDOW)):
+            window = self.windows.get(openid, {}).get(kind)
+            if window is None or now - window.opened_at >= length:
+                continue
+            if window.used >= limit:
+                exhausted = True
+                continue
+            best = best or window
+        if best is None:
+            return 45047 if exhausted else 45015
+        for window in self.windows[openid].values():
+            window.used += 1
+        return 0
+
+    def _template_error(self, body: dict[str, Any]) -> int:
+        content = self.templates.get(str(body.get("template_id", "")))
+        if content is None:
+            return 40037
+        fields = set(_PLACEHOLDER.findall(content))
+        data = body.get("data")
+        if not isinstance(data, dict) or set(data) != fields:
+            return 47003
+        for name, item in data.items():
+            value = item.get("value") if isinstance(item, dict) else None
+            limit = FIELD_LIMITS.get(name.rstrip("0123456789"), 20)
+            if not isinstance(value, str) or not value or len(value) > limit or "\n" in value \
+                    or any(ord(ch) > 0xFFFF for ch in value):  # no emoji since 2023
+                return 47003
+        if "first" in data or "remark" in data or any(isinstance(i, dict) and "color" in i for i in data.values()):
+            return 47003
+        return 0
 
     # --- what happened ---------------------------------------------------------------------------
     def sent(self, path: str = CUSTOM_SEND, openid: str | None = None) -> list[Call]:
@@ -83,6 +158,8 @@ class FakeWeChatApi:
         app.router.add_get(TOKEN_PATH, self._token)
         for path in (CUSTOM_SEND, TEMPLATE_SEND, MENU_CREATE):
             app.router.add_post(path, self._api)
+        for path in (KF_LIST, TEMPLATE_LIST):
+            app.router.add_get(path, self._api)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -103,6 +180,8 @@ class FakeWeChatApi:
             return web.json_response({"errcode": 40013, "errmsg": "invalid appid"})
         if query.get("secret") != self.app_secret:
             return web.json_response({"errcode": 40125, "errmsg": "invalid appsecret"})
+        if not self.whitelisted:
+            return web.json_response({"errcode": 40164, "errmsg": "invalid ip 127.0.0.1, not in whitelist"})
         token = f"token-{len(self.tokens_issued) + 1}"
         self.tokens_issued.append(token)
         # Like WeChat: a new token makes the previous one invalid.
@@ -118,10 +197,14 @@ class FakeWeChatApi:
             except TimeoutError:
                 pass
         token = request.query.get("access_token", "")
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            return web.json_response({"errcode": 47001, "errmsg": "data format error"})
+        body: Any = {}
+        if request.method == "POST":
+            try:
+                body = json.loads(await request.read())
+            except ValueError:
+                return web.json_response({"errcode": 47001, "errmsg": "data format error"})
+            if not isinstance(body, dict):
+                return web.json_response({"errcode": 47001, "errmsg": "data format error"})
         errcode = 0
         if token in self._expired:
             errcode = 42001
@@ -134,15 +217,52 @@ class FakeWeChatApi:
                     errcode = entry[0]
                     script.remove(entry)
                     break
+            if not errcode:
+                errcode = self._rules(request.path, body)
         self.calls.append(Call(request.path, token, body, errcode))
         async with self.delivered:
             self.delivered.notify_all()
         if errcode:
             return web.json_response({"errcode": errcode, "errmsg": f"fake error {errcode}"})
+        if request.path == KF_LIST:
+            return web.json_response({"kf_list": []})
+        if request.path == TEMPLATE_LIST:
+            return web.json_response({"template_list": [{"template_id": tid, "title": "status", "content": content}
+                                                        for tid, content in self.templates.items()]})
         return web.json_response({"errcode": 0, "errmsg": "ok"})
+
+    def _rules(self, path: str, body: dict[str, Any]) -> int:
+        """WeChat's own refusals, which the bot must expect without being told."""
+        if path in (CUSTOM_SEND, KF_LIST) and self.account == "unverified":
+            return 48001
+        if path in (TEMPLATE_SEND, TEMPLATE_LIST) and self.account != "verified_service":
+            return 48001
+        if path == CUSTOM_SEND:
+            text = body.get("text", {}).get("content", "") if isinstance(body.get("text"), dict) else ""
+            if len(str(text).encode("utf-8")) > MAX_TEXT_BYTES:
+                return 45002
+            return self._window_error(str(body.get("touser", "")))
+        if path == TEMPLATE_SEND:
+            return self._template_error(body)
+        return 0
 
 
 # --- the other direction: WeChat's servers posting a user's messages to our webhook ----------------------
+def _window_kind(inner: str) -> str | None:
+    """Which customer-service window a user's action opens: a message, or a click, follow or scan."""
+    try:
+        fields = xmltodict.parse(inner)["xml"]
+    except Exception:
+        return None
+    if not isinstance(fields, dict):
+        return None
+    msg_type = str(fields.get("MsgType", ""))
+    if msg_type == "event":
+        event = str(fields.get("Event", "")).lower()
+        return "click" if event in ("click", "subscribe", "scan") else None
+    return "message" if msg_type else None
+
+
 def url_signature(token: str, timestamp: str, nonce: str) -> str:
     # Written out here rather than imported, so a bug in the bot's signing cannot hide behind this one.
     return hashlib.sha1("".join(sorted([token, timestamp, nonce])).encode()).hexdigest()
@@ -186,6 +306,10 @@ class WeChatUser:
     clock: Any = None  # () -> float; time.time when None
     msg_id: int = 0
     created: int = 0
+    # The fake API, told of each message as WeChat's servers would know it, so it can hold the windows itself.
+    api: FakeWeChatApi | None = None
+    # The last request exactly as sent, for a byte-identical retry.
+    last_request: tuple[dict[str, str], bytes, dict[str, str]] | None = None
 
     def __post_init__(self) -> None:
         if not self.msg_id:
@@ -254,11 +378,43 @@ class WeChatUser:
                 f"<Encrypt>{cdata(envelope['Encrypt'])}</Encrypt></xml>").encode()
         else:
             payload = body if body is not None else inner.encode()
-        async with self.http.post(f"{self.base_url}/wechat", params=params, data=payload,
-                                  headers=headers or {"Content-Type": "text/xml"}) as response:
+        if self.api is not None and inner:
+            kind = _window_kind(inner)
+            if kind:
+                self.api.user_posted(self.openid, kind)
+        if isinstance(payload, bytes):
+            self.last_request = (params, payload, headers or {"Content-Type": "text/xml"})
+        return await self._send(params, payload, headers or {"Content-Type": "text/xml"})
+
+    async def _send(self, params: dict[str, str], payload: Any, headers: dict[str, str],
+                    timeout: float | None = None) -> Answer:
+        async with self.http.post(f"{self.base_url}/wechat", params=params, data=payload, headers=headers,
+                                  timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             text = await response.text()
             status = response.status
         return Answer(status, text, self._open(text) if status == 200 and text not in ("", "success") else {})
+
+    async def repost(self) -> Answer:
+        """WeChat's retry: the last request again, byte for byte (same timestamp, nonce, signatures, body)."""
+        assert self.last_request is not None, "nothing posted yet"
+        params, payload, headers = self.last_request
+        return await self._send(params, payload, headers)
+
+    async def deliver(self, inner: str, *, patience: float = 5.0, retries: int = 3) -> tuple[Answer, int]:
+        """As WeChat delivers: a request that gets no answer within `patience` is dropped and re-posted
+        byte-identically, up to `retries` times. Returns the answer that came back and how many posts it took."""
+        attempts = 1
+        try:
+            return await asyncio.wait_for(self.post(inner), patience), attempts
+        except TimeoutError:
+            pass
+        while True:
+            attempts += 1
+            try:
+                return await asyncio.wait_for(self.repost(), patience), attempts
+            except TimeoutError:
+                if attempts > retries:
+                    raise
 
     def _open(self, text: str) -> dict[str, str]:
         outer = xmltodict.parse(text)["xml"]
@@ -268,7 +424,10 @@ class WeChatUser:
             outer = xmltodict.parse(inner)["xml"]
         else:
             assert not self.safe, "a plaintext reply to a safe-mode request"
-        return {k: str(v) for k, v in outer.items()}
+        reply = {k: str(v) for k, v in outer.items()}
+        # WeChat drops an oversized passive reply and shows the user "该公众号暂时无法提供服务".
+        assert len(reply.get("Content", "").encode("utf-8")) <= MAX_TEXT_BYTES, "passive reply over 2048 bytes"
+        return reply
 
     async def say(self, content: str) -> Answer:
         return await self.post(self.text_xml(content))
