@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
-from bot import metrics
+from bot import identities, metrics
 from bot.effects import EffectContext, EffectRunner
 from bot.step_store import RESERVE_PUSH_SEQ, Begin, StepStore, UserRef
 from bot.storage import Conversation, OutboxMessage, User, utcnow
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from bot.i18n import Catalog
     from bot.locks import KeyedLocks
     from bot.storage import Database
+    from bot.vault import Vault
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,10 @@ class Dispatcher:
     MAX_CACHED_USERS = 100_000
 
     def __init__(self, *, steps: StepStore, locks: KeyedLocks, db: Database, effects: EffectRunner,
-                 catalog: Catalog, settings: Settings) -> None:
+                 catalog: Catalog, settings: Settings, vault: Vault) -> None:
         # What a step needs, and nothing else: the dispatcher is testable without the whole server.
         self.steps, self.locks, self.db, self.effects = steps, locks, db, effects
-        self.catalog, self.settings = catalog, settings
+        self.catalog, self.settings, self.vault = catalog, settings, vault
         # (channel, external id) -> user; user rows are never deleted (/forget keeps the bare row), so this
         # cache cannot go stale in a way that matters.
         self._users: dict[tuple[str, str], UserRef] = {}
@@ -104,13 +105,18 @@ class Dispatcher:
         # Typed intent: phrase lists from both catalogs, so a user can type either language in either setting.
         self.intents = IntentModel.from_catalog(catalog.messages)
 
+    def stored_id(self, channel: str, external_id: str) -> str:
+        """How `users.external_id` holds this identity (a keyed hash for Telegram and WeChat ids)."""
+        return identities.stored_id(self.vault, channel, external_id)
+
     async def user_for(self, channel: str, external_id: str, lang_hint: str | None = None, *,
                        create: bool = True) -> UserRef | None:
         key = (channel, external_id)
         cached = self._users.get(key)
         if cached is not None:
             return cached
-        user = await self.steps.resolve_user(channel, external_id, pick_lang(lang_hint), create)
+        user = await self.steps.resolve_user(channel, self.stored_id(channel, external_id), pick_lang(lang_hint),
+                                             create, identities.sealed(self.vault, channel, external_id))
         if user is not None:
             if len(self._users) >= self.MAX_CACHED_USERS:
                 self._users.clear()

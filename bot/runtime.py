@@ -64,7 +64,7 @@ class Runtime:
         self.effects = EffectRunner(self)
         self.steps = step_store_for(self.db)
         self.dispatcher = Dispatcher(steps=self.steps, locks=self.locks, db=self.db, effects=self.effects,
-                                     catalog=self.catalog, settings=self.settings)
+                                     catalog=self.catalog, settings=self.settings, vault=self.vault)
         self.unbind = UnbindService(self)
         self.jobs = JobScheduler(self.db, lease_seconds=self.settings.job_lease_seconds)
         self.plans = PlanService(self)

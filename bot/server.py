@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from bot import metrics
+from bot import identities, metrics
 from bot.config import Settings
 from bot.i18n import Catalog
 from bot.runtime import Runtime, build_sms
@@ -70,6 +70,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def startup(_app: web.Application) -> None:
         await db.create_all()
+        await identities.rekey(db, rt.vault)  # rows from before channel ids were sealed; a no-op after
         register_jobs(rt)
         await rt.jobs.schedule("retention.purge", "retention.purge", {}, utcnow())
         await rt.jobs.schedule("unbind.sweep", "unbind.sweep", {}, utcnow())

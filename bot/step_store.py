@@ -51,7 +51,8 @@ class Begin:
 
 
 class StepStore(Protocol):
-    async def resolve_user(self, channel: str, external_id: str, lang: str, create: bool) -> UserRef | None: ...
+    async def resolve_user(self, channel: str, external_id: str, lang: str, create: bool,
+                           sealed: str | None = None) -> UserRef | None: ...
 
     async def begin(self, user_id: int, channel: str, dedupe_key: str | None, lang: str) -> Begin: ...
 
@@ -67,8 +68,9 @@ class StepStore(Protocol):
 # --- SQL shared by both implementations (plain SQL both dialects accept) ---
 _SELECT_USER = "SELECT id, lang, active FROM users WHERE channel = :channel AND external_id = :external_id"
 _INSERT_USER = (
-    "INSERT INTO users (channel, external_id, lang, active, reminders_on, created_at, last_seen_at, next_seq) "
-    "VALUES (:channel, :external_id, :lang, :true, :true, :now, :now, 1) ON CONFLICT DO NOTHING"
+    "INSERT INTO users (channel, external_id, external_enc, lang, active, reminders_on, created_at, last_seen_at, "
+    "next_seq) VALUES (:channel, :external_id, :external_enc, :lang, :true, :true, :now, :now, 1) "
+    "ON CONFLICT DO NOTHING"
 )
 _INSERT_INBOX = (
     "INSERT INTO inbox (channel, dedupe_key, user_id, status, received_at) "
@@ -109,11 +111,12 @@ class _Tx(Protocol):
     def run(self, sql: str, params: dict[str, Any]) -> int: ...
 
 
-def _resolve_user(tx: _Tx, channel: str, external_id: str, lang: str, create: bool, now: Any) -> UserRef | None:
+def _resolve_user(tx: _Tx, channel: str, external_id: str, lang: str, create: bool, now: Any,
+                  sealed: str | None) -> UserRef | None:
     params = {"channel": channel, "external_id": external_id}
     row = tx.one(_SELECT_USER, params)
     if row is None and create:
-        tx.run(_INSERT_USER, {**params, "lang": lang, "true": True, "now": now})
+        tx.run(_INSERT_USER, {**params, "external_enc": sealed, "lang": lang, "true": True, "now": now})
         row = tx.one(_SELECT_USER, params)
     return None if row is None else UserRef(int(row[0]), str(row[1]), bool(row[2]))
 
@@ -245,9 +248,10 @@ class SqliteStepStore:
         self._queue.put(_Work(fn, future, loop, write))
         return await future
 
-    async def resolve_user(self, channel: str, external_id: str, lang: str, create: bool) -> UserRef | None:
+    async def resolve_user(self, channel: str, external_id: str, lang: str, create: bool,
+                           sealed: str | None = None) -> UserRef | None:
         now = sqlite_time(utcnow())
-        return await self._submit(lambda tx: _resolve_user(tx, channel, external_id, lang, create, now), create)
+        return await self._submit(lambda tx: _resolve_user(tx, channel, external_id, lang, create, now, sealed), create)
 
     async def begin(self, user_id: int, channel: str, dedupe_key: str | None, lang: str) -> Begin:
         now = sqlite_time(utcnow())
@@ -307,9 +311,10 @@ class SqlAlchemyStepStore:
         async with self.db.engine.begin() as conn:
             return await conn.run_sync(lambda sync: fn(_SyncConnTx(sync)))
 
-    async def resolve_user(self, channel: str, external_id: str, lang: str, create: bool) -> UserRef | None:
+    async def resolve_user(self, channel: str, external_id: str, lang: str, create: bool,
+                           sealed: str | None = None) -> UserRef | None:
         now = datetime.now(UTC)
-        return await self._unit(lambda tx: _resolve_user(tx, channel, external_id, lang, create, now))
+        return await self._unit(lambda tx: _resolve_user(tx, channel, external_id, lang, create, now, sealed))
 
     async def begin(self, user_id: int, channel: str, dedupe_key: str | None, lang: str) -> Begin:
         now = datetime.now(UTC)

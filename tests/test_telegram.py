@@ -84,7 +84,8 @@ class TgServer:
             return list((await session.exec(select(model).where(*where))).all())
 
     async def user(self, chat_id: int) -> User | None:
-        found = await self.rows(User, col(User.channel) == "telegram", col(User.external_id) == str(chat_id))
+        stored = self.rt.dispatcher.stored_id("telegram", str(chat_id))  # a keyed hash, never the chat id
+        found = await self.rows(User, col(User.channel) == "telegram", col(User.external_id) == stored)
         return found[0] if found else None
 
 

@@ -110,6 +110,10 @@ class WxServer:
         return WeChatUser(self.http, self.url, self.token, openid, app_id=self.app_id, aes_key=self.aes_key,
                           clock=clock, api=self.fake)
 
+    def stored(self, openid: str) -> str:
+        """How users.external_id holds an openid: a keyed hash, never the openid itself."""
+        return self.server.runtime.dispatcher.stored_id("wechat", openid)
+
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.db_path) as conn:
             return list(conn.execute(sql, args).fetchall())
@@ -277,9 +281,10 @@ async def test_every_kind_of_message(wx_factory: Any, safe: bool) -> None:
         assert answer.kind == "text" and f"暂时无法识别{kind}" in answer.text, answer
     assert (await user.post(user.event_xml("VIEW", "https://example.com/"))).kind == "success"
     assert (await user.unsubscribe()).kind == "success"
-    assert wx.query("SELECT active FROM users WHERE channel = 'wechat' AND external_id = ?", user.openid) == [(0,)]
+    active = "SELECT active FROM users WHERE channel = 'wechat' AND external_id = ?"
+    assert wx.query(active, wx.stored(user.openid)) == [(0,)]
     assert (await user.subscribe()).kind == "text"
-    assert wx.query("SELECT active FROM users WHERE channel = 'wechat' AND external_id = ?", user.openid) == [(1,)]
+    assert wx.query(active, wx.stored(user.openid)) == [(1,)]
 
 
 async def test_forged_signatures_and_replays_change_nothing(wx_factory: Any) -> None:
@@ -391,7 +396,7 @@ async def test_triple_delivery_of_one_msgid_has_one_effect(wx_factory: Any) -> N
     rt = wx.server.runtime
     assert rt.sandbox_sms is not None and len(rt.sandbox_sms.sent(demo["phone"])) == 1
     msg_id = phone_xml.split("<MsgId>")[1].split("<")[0]
-    key = f"m:{user.openid}:{msg_id}"
+    key = f"m:{wx.stored(user.openid)}:{msg_id}"
     assert wx.query("SELECT count(*) FROM inbox WHERE dedupe_key = ?", key) == [(1,)]
     assert wx.query("SELECT count(*) FROM outbox o JOIN inbox i ON o.inbox_id = i.id WHERE i.dedupe_key = ?",
                     key) == [(1,)]
@@ -520,7 +525,7 @@ async def test_stalled_registry_gets_a_passive_answer_in_time_and_the_result_lat
 
 
 async def _push(wx: WxServer, openid: str, count: int) -> None:
-    [(user_id,)] = wx.query("SELECT id FROM users WHERE channel = 'wechat' AND external_id = ?", openid)
+    [(user_id,)] = wx.query("SELECT id FROM users WHERE channel = 'wechat' AND external_id = ?", wx.stored(openid))
     for _ in range(count):
         await wx.server.runtime.dispatcher.push(user_id, [Reply(Msg("settings.reminders_now_on"))],
                                                 channel="wechat")
@@ -528,7 +533,7 @@ async def _push(wx: WxServer, openid: str, count: int) -> None:
 
 def _pending(wx: WxServer, openid: str) -> int:
     return int(wx.query("SELECT count(*) FROM outbox o JOIN users u ON u.id = o.user_id "
-                        "WHERE u.external_id = ? AND o.status = 'pending'", openid)[0][0])
+                        "WHERE u.external_id = ? AND o.status = 'pending'", wx.stored(openid))[0][0])
 
 
 async def test_customer_service_windows(wx_factory: Any) -> None:
@@ -555,7 +560,7 @@ async def test_customer_service_windows(wx_factory: Any) -> None:
     await sender.flush()
     assert len(fake.texts(follower.openid)) == 3 and _pending(wx, follower.openid) == 2
     wx.query("UPDATE inbox SET received_at = datetime(received_at, '-2 minutes') WHERE dedupe_key LIKE ?",
-             f"c:{follower.openid}:%")
+             f"c:{wx.stored(follower.openid)}:%")
     sender.parked.clear()  # re-examine now, not at the next inbound message
     await sender.flush()
     assert len(fake.texts(follower.openid)) == 3 and _pending(wx, follower.openid) == 2
@@ -589,7 +594,7 @@ async def test_customer_service_windows(wx_factory: Any) -> None:
     fake.fail_next(CUSTOM_SEND, 43004, openid=gone.openid)
     await _push(wx, gone.openid, 1)
     await sender.flush()
-    assert wx.query("SELECT active FROM users WHERE external_id = ?", gone.openid) == [(0,)]
+    assert wx.query("SELECT active FROM users WHERE external_id = ?", wx.stored(gone.openid)) == [(0,)]
     assert _pending(wx, gone.openid) == 1
     await gone.subscribe()
     [call] = await fake.wait_for_sent(1, openid=gone.openid, timeout=5)
@@ -598,7 +603,7 @@ async def test_customer_service_windows(wx_factory: Any) -> None:
 
 async def _number_of(wx: WxServer, user: WeChatUser, choice: str) -> str:
     [(data,)] = wx.query("SELECT c.data FROM conversations c JOIN users u ON u.id = c.user_id "
-                         "WHERE u.external_id = ?", user.openid)
+                         "WHERE u.external_id = ?", wx.stored(user.openid))
     offered = [item[0] for item in json.loads(data)["_offered"]]
     assert choice in offered, (choice, offered)
     return str(offered.index(choice) + 1)
@@ -692,7 +697,7 @@ async def test_an_identical_retry_joins_the_running_step_and_gets_its_answer(
     again = await user.repost()
     assert again.status == 200 and again.text == answer.text, "a later identical retry gets the same answer"
     msg_id = xml.split("<MsgId>")[1].split("<")[0]
-    assert _key_rows(wx, f"m:{user.openid}:{msg_id}") == 1
+    assert _key_rows(wx, f"m:{wx.stored(user.openid)}:{msg_id}") == 1
     assert wx.fake.sent(CUSTOM_SEND, user.openid) == [], "the answer went passively, not again by customer service"
     # The same nonce under another body is still a replay.
     assert user.last_request is not None
@@ -741,13 +746,14 @@ async def test_two_users_with_the_same_msgid_each_get_their_own_answer(
     assert second.reply["ToUserName"] == bob.openid and "使用帮助" in second.text, second
     assert "139" not in second.text and "暂时无法访问" not in second.text, "nothing of Alice's reaches Bob"
     msg_id = alice_xml.split("<MsgId>")[1].split("<")[0]
-    assert _key_rows(wx, f"m:{alice.openid}:{msg_id}") == 1 and _key_rows(wx, f"m:{bob.openid}:{msg_id}") == 1
+    assert _key_rows(wx, f"m:{wx.stored(alice.openid)}:{msg_id}") == 1
+    assert _key_rows(wx, f"m:{wx.stored(bob.openid)}:{msg_id}") == 1
 
 
 async def _wait_pending_reply(wx: WxServer, openid: str) -> None:
     for _ in range(200):
         if wx.query("SELECT count(*) FROM outbox o JOIN users u ON u.id = o.user_id WHERE u.external_id = ? "
-                    "AND o.kind = 'reply' AND o.status = 'pending'", openid)[0][0]:
+                    "AND o.kind = 'reply' AND o.status = 'pending'", wx.stored(openid))[0][0]:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the deferred result never reached the outbox")
@@ -902,7 +908,7 @@ async def test_a_push_over_wechats_size_goes_as_pages_not_cut(wx_factory: Any, f
     wx: WxServer = await wx_factory()
     user = wx.user("oLongPush00001")
     await user.say("/start")
-    [(user_id,)] = wx.query("SELECT id FROM users WHERE external_id = ?", user.openid)
+    [(user_id,)] = wx.query("SELECT id FROM users WHERE external_id = ?", wx.stored(user.openid))
     lines = "\n".join(f"· 平台第{n}号（2019-01）" for n in range(1, 90))
     await wx.server.runtime.dispatcher.push(user_id, [Reply(Msg("lookup.previous", {"count": 89, "lines": lines}))],
                                             channel="wechat")

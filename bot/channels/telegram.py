@@ -713,10 +713,13 @@ class TelegramChannel:
 
     # ---- users -----------------------------------------------------------------------------------
 
+    def _stored(self, chat_id: int) -> str:
+        return self.rt.dispatcher.stored_id(CHANNEL, str(chat_id))
+
     async def set_active(self, chat_id: int, active: bool) -> None:
         async with self.rt.db.session() as session:
             await session.exec(update(User).where(col(User.channel) == CHANNEL,
-                                                  col(User.external_id) == str(chat_id)).values(active=active))
+                                                  col(User.external_id) == self._stored(chat_id)).values(active=active))
             await session.commit()
         log.info("telegram user %s", "unblocked the bot" if active else "blocked the bot")
 
@@ -726,7 +729,7 @@ class TelegramChannel:
     async def _user_lang(self, chat_id: int, hint: str | None) -> str:
         async with self.rt.db.session() as session:
             lang = (await session.exec(select(User.lang).where(User.channel == CHANNEL,
-                                                               User.external_id == str(chat_id)))).first()
+                                                               User.external_id == self._stored(chat_id)))).first()
         return lang if lang else pick_lang(hint)
 
     async def _offered(self, chat_id: int) -> tuple[list[str], str | None]:
@@ -735,7 +738,7 @@ class TelegramChannel:
             row = (await session.exec(
                 select(User.lang, Conversation.data)
                 .join(Conversation, col(Conversation.user_id) == col(User.id), isouter=True)
-                .where(User.channel == CHANNEL, User.external_id == str(chat_id)))).first()
+                .where(User.channel == CHANNEL, User.external_id == self._stored(chat_id)))).first()
         if row is None:
             return [], None
         lang, data = row

@@ -27,7 +27,7 @@ from sqlmodel import col, select, update
 from telegram import Bot, InlineKeyboardMarkup, TelegramObject
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 
-from bot import metrics
+from bot import identities, metrics
 from bot.budgets import Budget
 from bot.channels.telegram_render import Outgoing, render_payload
 from bot.channels.telegram_request import AiohttpRequest, raise_for_answer
@@ -414,15 +414,16 @@ class OutboxPump:
 
     async def pump_once(self) -> int:
         async with self.rt.db.session() as session:
-            query = (select(OutboxMessage, User.external_id, User.active)
+            query = (select(OutboxMessage, User, User.active)
                      .join(User, col(User.id) == col(OutboxMessage.user_id))
                      .where(col(OutboxMessage.channel) == CHANNEL, col(OutboxMessage.status) == "pending")
                      .order_by(col(OutboxMessage.id)).limit(self.limits.outbox_batch))
             if self.inflight:
                 query = query.where(col(OutboxMessage.id).not_in(self.inflight))
             rows = (await session.exec(query)).all()
-        for row, external_id, active in rows:
+        for row, user, active in rows:
             assert row.id is not None
+            external_id = identities.reveal(self.rt.vault, user)
             if not active or not external_id.lstrip("-").isdigit():
                 await self.finish(row.id, "failed")
                 continue

@@ -265,10 +265,12 @@ class WeChatChannel:
         if msg_type == "event":
             # Events carry no MsgId; two kinds of event can share a second.
             event_name = re.sub(r"[^A-Za-z0-9_]", "", fields.get("Event", ""))[:32]
-            return await self._event_plan(msg, openid, f"c:{openid}:{created}:{event_name}")
+            return await self._event_plan(msg, openid, f"c:{self._stored(openid)}:{created}:{event_name}")
         msg_id = fields.get("MsgId", "").strip()
-        # MsgId alone is not unique across users (WxJava #333 saw collisions): the sender is part of the key.
-        key = f"m:{openid}:{msg_id}" if msg_id.isdigit() else f"m:{openid}:t{created}"
+        # MsgId alone is not unique across users (WxJava #333 saw collisions): the sender is part of the key,
+        # as its keyed hash, so the inbox holds no openid either.
+        sender = self._stored(openid)
+        key = f"m:{sender}:{msg_id}" if msg_id.isdigit() else f"m:{sender}:t{created}"
         if isinstance(msg, TextMessage):
             content = msg.content if isinstance(msg.content, str) else ""
             command = parse_command(content)
@@ -300,11 +302,14 @@ class WeChatChannel:
         # VIEW, location reports, template receipts…: nothing to say.
         return InboundPlan("ignore")
 
+    def _stored(self, openid: str) -> str:
+        return self.rt.dispatcher.stored_id(CHANNEL, openid)
+
     async def _offered(self, openid: str) -> set[str]:
         async with self.rt.db.session() as session:
             row = (await session.exec(
                 select(Conversation.data).join(User, col(User.id) == col(Conversation.user_id))
-                .where(User.channel == CHANNEL, User.external_id == openid))).first()
+                .where(User.channel == CHANNEL, User.external_id == self._stored(openid)))).first()
         if row is None:
             return set()
         try:
@@ -409,7 +414,8 @@ class WeChatChannel:
 
     async def _set_active(self, openid: str, active: bool) -> None:
         async with self.rt.db.session() as session:
-            await session.exec(update(User).where(col(User.channel) == CHANNEL, col(User.external_id) == openid)
+            await session.exec(update(User).where(col(User.channel) == CHANNEL,
+                                                  col(User.external_id) == self._stored(openid))
                                .values(active=active))
             await session.commit()
         if active:

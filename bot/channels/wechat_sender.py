@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_
 from sqlmodel import col, select, update
 
-from bot import metrics
+from bot import identities, metrics
 from bot.channels.wechat_account import Capabilities
 from bot.channels.wechat_api import (
     BAD_RECIPIENT,
@@ -133,7 +133,7 @@ class CustomerServiceSender:
 
     def _park(self, user: User) -> None:
         assert user.id is not None
-        self.backlog[user.external_id] = user.id
+        self.backlog[identities.reveal(self.rt.vault, user)] = user.id
         self.parked[user.id] = time.monotonic()
 
     def _is_parked(self, user_id: int) -> bool:
@@ -305,12 +305,12 @@ class CustomerServiceSender:
         try:
             if template:
                 when = utcnow().astimezone(TZ).strftime("%Y-%m-%d %H:%M")
-                await self.api.send_template(user.external_id, self.template_id, template_data(
+                await self.api.send_template(identities.reveal(self.rt.vault, user), self.template_id, template_data(
                     unit.text, self.caps.template_fields, when, self.template_max_chars), self.template_url)
             else:
                 # Pages of one unit go together; a failure part-way resends the unit (at least once).
                 for page in unit.pages or [unit.text]:
-                    await self.api.send_text(user.external_id, page)
+                    await self.api.send_text(identities.reveal(self.rt.vault, user), page)
                     metrics.SENDS.labels(CHANNEL, "ok").inc()
         except WeChatApiError as exc:
             if exc.config_hint is not None:
