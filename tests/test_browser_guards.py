@@ -28,8 +28,11 @@ async def test_the_page_solves_the_proof_of_work_and_new_chat_ends_the_old_sessi
                 await page.get_by_role("button", name="同意并继续").last.click()
                 await page.fill("#text", phone)
                 await page.click("#send")
-                await page.get_by_text("为防止滥用").wait_for()
-                await page.get_by_text("请输入 6 位验证码").wait_for()
+                try:
+                    await page.get_by_text("发送验证码前需要您的浏览器完成一次计算核验").wait_for()
+                    await page.get_by_text("请输入 6 位验证码").wait_for()
+                except Exception as exc:
+                    raise AssertionError(await page.inner_text("#log")) from exc
                 async with http.get(f"{server.url}/sandbox/sms", params={"phone": phone}) as r:
                     assert len(await r.json()) == 1, "one code, sent once the work was done"
                 old = await page.evaluate("localStorage.getItem('haoqing.session')")

@@ -25,9 +25,9 @@ from tests.conftest import Chat
 from tests.fakes.fake_tencent_sms import FakeTencentSms, codes_to
 from tests.processes import free_port, start_bot
 
-# Several processes of their own each: one pytest worker runs these one after another, so two such tests never
-# load the machine's two cores at once.
-pytestmark = pytest.mark.xdist_group("processes")
+# Several processes of their own each: the tests of one group run one after another on one pytest worker, so at
+# most two such tests (one per group) load the machine's two cores at once.
+pytestmark = pytest.mark.xdist_group("processes-b")
 
 
 

@@ -26,9 +26,9 @@ from tests.test_budgets import redis_url_or_skip
 from tests.test_postgres import pg_url  # noqa: F401 - the fixture
 from tests.test_workers import Topology, metric
 
-# Several processes of their own each: one pytest worker runs these one after another, so two such tests never
-# load the machine's two cores at once.
-pytestmark = pytest.mark.xdist_group("processes")
+# Several processes of their own each: the tests of one group run one after another on one pytest worker, so at
+# most two such tests (one per group) load the machine's two cores at once.
+pytestmark = pytest.mark.xdist_group("processes-b")
 
 
 TOKEN = "123456:SCALE-TEST-TOKEN"

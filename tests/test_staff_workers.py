@@ -20,9 +20,9 @@ from tests.processes import free_port, start_bot
 from tests.test_postgres import pg_url as pg_url
 from tests.test_staff import ALWAYS_OPEN, Staff, add_staff
 
-# Several processes of their own each: one pytest worker runs these one after another, so two such tests never
-# load the machine's two cores at once.
-pytestmark = pytest.mark.xdist_group("processes")
+# Several processes of their own each: the tests of one group run one after another on one pytest worker, so at
+# most two such tests (one per group) load the machine's two cores at once.
+pytestmark = pytest.mark.xdist_group("processes-b")
 
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -24,9 +24,9 @@ from bot.server import start_server
 from tests.conftest import IN_CI, Chat, make_settings
 from tests.processes import free_port
 
-# Several processes of their own each: one pytest worker runs these one after another, so two such tests never
-# load the machine's two cores at once.
-pytestmark = pytest.mark.xdist_group("processes")
+# Several processes of their own each: the tests of one group run one after another on one pytest worker, so at
+# most two such tests (one per group) load the machine's two cores at once.
+pytestmark = pytest.mark.xdist_group("processes-b")
 
 
 

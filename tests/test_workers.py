@@ -26,9 +26,9 @@ from tests.fakes.fake_tencent_sms import FakeTencentSms, codes_to
 from tests.processes import ROOT, free_port
 from tests.test_postgres import pg_url  # noqa: F401 - the fixture
 
-# Several processes of their own each: one pytest worker runs these one after another, so two such tests never
-# load the machine's two cores at once.
-pytestmark = pytest.mark.xdist_group("processes")
+# Several processes of their own each: the tests of one group run one after another on one pytest worker, so at
+# most two such tests (one per group) load the machine's two cores at once.
+pytestmark = pytest.mark.xdist_group("processes-a")
 
 
 REGISTRY_TOKEN = "workers-test-registry-token"
