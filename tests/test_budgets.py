@@ -23,7 +23,7 @@ from tests.test_postgres import pg_url  # noqa: F401 - the fixture
 
 # Several processes of their own each: the tests of one group run one after another on one pytest worker, so at
 # most two such tests (one per group) load the machine's two cores at once.
-pytestmark = pytest.mark.xdist_group("processes-b")
+pytestmark = pytest.mark.xdist_group("processes-a")
 
 RATE = 30.0
 

@@ -26,7 +26,7 @@ from tests.processes import free_port
 
 # Several processes of their own each: the tests of one group run one after another on one pytest worker, so at
 # most two such tests (one per group) load the machine's two cores at once.
-pytestmark = pytest.mark.xdist_group("processes-b")
+pytestmark = pytest.mark.xdist_group("processes-a")
 
 
 
