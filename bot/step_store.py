@@ -62,6 +62,8 @@ class StepStore(Protocol):
 
     async def messages_after(self, user_id: int, after: int, limit: int) -> list[str]: ...
 
+    async def last_seen(self, channel: str, external_id: str) -> tuple[int, datetime] | None: ...
+
     async def close(self) -> None: ...
 
 
@@ -98,9 +100,18 @@ _INSERT_OUTBOX = (
     "VALUES (:user_id, :channel, :seq, :inbox_id, 'reply', :payload, 'sent', 0, :now, :now)"
 )
 _ANSWER_INBOX = "UPDATE inbox SET status = 'done', done_at = :now, response = :response WHERE id = :id"
+# Read on every web chat request (is the session alive, and not idle too long?): on the step store's own
+# connection, not the ORM's, so it costs what a step's reads cost.
+_SELECT_SEEN = "SELECT id, last_seen_at FROM users WHERE channel = :channel AND external_id = :external_id"
 _MESSAGES_AFTER = (
     "SELECT payload FROM outbox WHERE user_id = :user_id AND seq > :after ORDER BY seq LIMIT :limit"
 )
+
+
+def _moment(value: Any) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite hands back text, PostgreSQL a datetime)."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class _Tx(Protocol):
@@ -270,6 +281,11 @@ class SqliteStepStore:
                                                                       "limit": limit}), write=False)
         return [str(row[0]) for row in rows]
 
+    async def last_seen(self, channel: str, external_id: str) -> tuple[int, datetime] | None:
+        row = await self._submit(lambda tx: tx.one(_SELECT_SEEN, {"channel": channel, "external_id": external_id}),
+                                 write=False)
+        return None if row is None else (int(row[0]), _moment(row[1]))
+
     async def close(self) -> None:
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join, 10)
@@ -311,6 +327,12 @@ class SqlAlchemyStepStore:
         async with self.db.engine.begin() as conn:
             return await conn.run_sync(lambda sync: fn(_SyncConnTx(sync)))
 
+    async def _read(self, fn: Callable[[_SyncConnTx], T]) -> T:
+        """One statement that only reads: autocommit, so no BEGIN and COMMIT round trips around it."""
+        async with self.db.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return await conn.run_sync(lambda sync: fn(_SyncConnTx(sync)))
+
     async def resolve_user(self, channel: str, external_id: str, lang: str, create: bool,
                            sealed: str | None = None) -> UserRef | None:
         now = datetime.now(UTC)
@@ -331,6 +353,10 @@ class SqlAlchemyStepStore:
         rows = await self._unit(lambda tx: tx.all(_MESSAGES_AFTER, {"user_id": user_id, "after": after,
                                                                     "limit": limit}))
         return [str(row[0]) for row in rows]
+
+    async def last_seen(self, channel: str, external_id: str) -> tuple[int, datetime] | None:
+        row = await self._read(lambda tx: tx.one(_SELECT_SEEN, {"channel": channel, "external_id": external_id}))
+        return None if row is None else (int(row[0]), _moment(row[1]))
 
     async def close(self) -> None:
         return None

@@ -458,13 +458,13 @@ class Database:
             lock, unlock = "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
         params = {"key": user_id, "space": space}
         async with self._lock_slots, self.engine.connect() as conn:
+            # Session-level advisory locks need no transaction: autocommit spares a BEGIN and COMMIT each way.
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text(lock), params)
-            await conn.commit()
             try:
                 yield
             finally:
                 await conn.execute(text(unlock), params)
-                await conn.commit()
 
     async def ping(self) -> bool:
         from sqlalchemy import text

@@ -13,13 +13,12 @@ import json
 import logging
 import re
 import secrets
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import update
-from sqlmodel import col, select
+from sqlmodel import col
 
 from bot import pow as proof_of_work
 from bot.abuse import Rule, client_address
@@ -166,13 +165,11 @@ async def _session_user(request: web.Request) -> tuple[Runtime, str, UserRef | N
     ref = _session_ref(rt, session_id)
     # Read every time rather than cached: an ended session must stop working on every worker at once, and an
     # idle one past WEB_SESSION_IDLE_HOURS is expired.
-    async with rt.db.session() as session:
-        row = (await session.exec(select(User.id, User.last_seen_at).where(
-            User.channel == "web", User.external_id == ref))).first()
+    row = await rt.steps.last_seen("web", ref)
     if row is None:
         rt.dispatcher.forget_cached("web", ref)
         return rt, ref, None
-    seen = row[1] if row[1].tzinfo is not None else row[1].replace(tzinfo=UTC)
+    seen = row[1]
     if (utcnow() - seen).total_seconds() > rt.settings.web_session_idle_hours * 3600:
         await _revoke(rt, ref)
         return rt, ref, None
