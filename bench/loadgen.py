@@ -11,6 +11,24 @@ from collections.abc import Awaitable, Callable
 Send = Callable[[int], Awaitable[bool]]
 
 
+async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
+    """Returns once `url` answers 200; stops the bench if the process behind it exits or never comes up."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            if proc.returncode is not None:
+                raise SystemExit(f"{url}: the process exited with {proc.returncode}")
+            try:
+                async with http.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"{url} did not become ready")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

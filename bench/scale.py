@@ -20,26 +20,11 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
-from loadgen import closed_loop, free_port
+from loadgen import closed_loop, free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TOKEN = "bench-scale-registry-token"
-
-
-async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(600):
-            if proc.returncode is not None:
-                raise SystemExit(f"{url}: the process exited with {proc.returncode}")
-            try:
-                async with http.get(url) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit(f"{url} did not become ready")
 
 
 async def measure(label: str, command: list[str], env: dict[str, str], args: argparse.Namespace) -> float:

@@ -46,6 +46,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from loadgen import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "123:ABC"
@@ -420,20 +421,6 @@ def aiogram_python(venv: Path) -> str:
     return str(python)
 
 
-async def wait_ready(http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process) -> None:
-    for _ in range(600):
-        if proc.returncode is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            async with http.get(url) as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
-
-
 LIFTED = "1000000"
 
 
@@ -456,8 +443,8 @@ async def flood_check(seconds: float, rate: float) -> bool:
     try:
         async with aiohttp.ClientSession() as http, \
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS)) as telegram:
-            await wait_ready(http, f"{fake}/bot{TOKEN}/getMe", fake_proc)
-            await wait_ready(http, f"http://127.0.0.1:{port}/readyz", proc)
+            await wait_ready(f"{fake}/bot{TOKEN}/getMe", fake_proc)
+            await wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
             run = Run(http, telegram, f"http://127.0.0.1:{port}/telegram/webhook", fake, first_chat=7 * 10**8)
             await run._timeline()
             users = int(rate * seconds / 2)
@@ -531,7 +518,7 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http, \
                 aiohttp.ClientSession(connector=telegram_connector, timeout=timeout) as telegram:
-            await wait_ready(http, f"{fake}/bot{TOKEN}/getMe", fake_proc)
+            await wait_ready(f"{fake}/bot{TOKEN}/getMe", fake_proc)
             print(f"# telegram webhook bench: offered loads {rates}/s for {args.seconds:.0f}s each, two-step flow, "
                   f"closed loop {args.workers} users for {args.seconds:.0f}s; {os.cpu_count()} cores")
             if not args.skip_transport:
@@ -547,7 +534,7 @@ async def bench(args: argparse.Namespace) -> None:
                     stdout=asyncio.subprocess.DEVNULL)
                 base = f"http://127.0.0.1:{port}"
                 try:
-                    await wait_ready(http, base + "/readyz", proc)
+                    await wait_ready(base + "/readyz", proc)
                     run = Run(http, telegram, base + "/telegram/webhook", fake, first_chat=(n + 1) * 10**8)
                     await run.open_loop(min(rates), 3.0)  # warm-up
                     # The peak first: an overloaded open-loop point leaves a backlog behind in some servers.

@@ -37,7 +37,7 @@ async def error_middleware(request: web.Request,
     except web.HTTPException:
         raise
     except Exception as exc:
-        if storage_unavailable(exc) or (exc.__cause__ is not None and storage_unavailable(exc.__cause__)):
+        if storage_unavailable(exc):
             # Not our bug: the database is down or restarting. 503 makes Telegram and WeChat deliver again, and
             # the inbox makes that delivery count once.
             log.warning("storage unavailable", extra={"error": type(exc).__name__})

@@ -502,19 +502,23 @@ def _migrate(connection: Any) -> None:
     command.upgrade(config, "head")
 
 
-def storage_unavailable(exc: BaseException) -> bool:
-    """True when `exc` means the database cannot be reached right now (down, restarting, refusing connections),
-    as opposed to a bug: the caller answers 503 so the channel delivers again later."""
+def storage_unavailable(exc: BaseException | None) -> bool:
+    """True when `exc`, or what caused it, means the database cannot be reached right now (down, restarting,
+    refusing connections), as opposed to a bug: the caller answers 503 so the channel delivers again later."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
-    if isinstance(exc, OperationalError | ConnectionError | TimeoutError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    module = type(exc).__module__
-    # asyncpg's connection-level failures (CannotConnectNow, ConnectionDoesNotExist, AdminShutdown …)
-    return module.startswith("asyncpg") and any(
-        part in type(exc).__name__ for part in ("Connect", "Connection", "Shutdown", "CannotConnectNow"))
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, OperationalError | ConnectionError | TimeoutError):
+            return True
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        # asyncpg's connection-level failures (CannotConnectNow, ConnectionDoesNotExist, AdminShutdown …)
+        if type(exc).__module__.startswith("asyncpg") and any(
+                part in type(exc).__name__ for part in ("Connect", "Connection", "Shutdown", "CannotConnectNow")):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
 
 
 # Every SQLite connection we open (the ORM's and the step store's writer) runs with the same settings, so a

@@ -28,16 +28,27 @@ async def start_bot(port: int, env: dict[str, str], probe: str = "/readyz") -> a
         provide_sandbox_population(Path(full_env["DATA_DIR"]))
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", cwd=ROOT, env=full_env,
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    await wait_ready(f"http://127.0.0.1:{port}{probe}", proc)
+    return proc
+
+
+async def wait_ready(url: str, proc: asyncio.subprocess.Process, log: Path | None = None) -> None:
+    """Returns once `url` answers 200. If the process exits first, fails with the end of what it said (its log
+    file, or its stderr pipe); if it never answers, kills it and fails."""
     async with aiohttp.ClientSession() as http:
-        for _ in range(300):
+        for _ in range(600):
+            if proc.returncode is not None:
+                if log is not None:
+                    said = log.read_text(errors="replace") if log.exists() else ""
+                else:
+                    said = (await proc.stderr.read()).decode(errors="replace") if proc.stderr else ""
+                raise AssertionError(f"{url}: exited {proc.returncode}: {said[-3000:]}")
             try:
-                async with http.get(f"http://127.0.0.1:{port}{probe}") as r:
+                async with http.get(url) as r:
                     if r.status == 200:
-                        return proc
+                        return
             except aiohttp.ClientError:
                 pass
-            if proc.returncode is not None:
-                raise AssertionError((await proc.stderr.read()).decode()[-2000:])  # type: ignore[union-attr]
             await asyncio.sleep(0.1)
     proc.kill()
-    raise AssertionError("the bot did not become ready")
+    raise AssertionError(f"{url} never became ready")

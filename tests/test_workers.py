@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import IN_CI, Chat
 from tests.fakes.fake_tencent_sms import FakeTencentSms, codes_to
-from tests.processes import ROOT, free_port
+from tests.processes import ROOT, free_port, wait_ready
 from tests.test_postgres import pg_url  # noqa: F401 - the fixture
 
 # Several processes of their own each: the tests of one group run one after another on one pytest worker, so at
@@ -89,7 +89,7 @@ class Topology:
             stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
         log_file.close()
         self.procs.append(proc)
-        await self.wait_ready(f"{self.registry}/v1/health", proc, self.tmp_path / "registry.log")
+        await wait_ready(f"{self.registry}/v1/health", proc, self.tmp_path / "registry.log")
         return proc
 
     async def start_bot(self, workers: int, **extra: str) -> asyncio.subprocess.Process:
@@ -100,24 +100,8 @@ class Topology:
             stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
         log_file.close()
         self.procs.append(self.bot)
-        await self.wait_ready(f"{self.url}/readyz", self.bot, self.tmp_path / "bot.log")
+        await wait_ready(f"{self.url}/readyz", self.bot, self.tmp_path / "bot.log")
         return self.bot
-
-    @staticmethod
-    async def wait_ready(url: str, proc: asyncio.subprocess.Process, log: Path | None = None) -> None:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(600):
-                if proc.returncode is not None:
-                    err = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
-                    raise AssertionError(f"{url} exited {proc.returncode}: {err}")
-                try:
-                    async with http.get(url) as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{url} never became ready")
 
     def worker_pids(self) -> set[int]:
         assert self.bot is not None
@@ -262,7 +246,7 @@ async def start_proxy(top: Topology) -> tuple[asyncio.subprocess.Process, str]:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     top.procs.append(proc)
     url = f"http://127.0.0.1:{port}"
-    await top.wait_ready(f"{url}/healthz", proc, prefix / "logs" / "error.log")
+    await wait_ready(f"{url}/healthz", proc, prefix / "logs" / "error.log")
     return proc, url
 
 

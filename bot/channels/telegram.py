@@ -48,7 +48,6 @@ from bot.channels.telegram_render import (
     MONTH_PREFIX,
     NOOP,
     Outgoing,
-    beijing_today,
     bot_commands,
     calendar_keyboard,
     offered_ids,
@@ -64,6 +63,7 @@ from bot.runtime import Runtime
 from bot.step_store import ConflictError
 from bot.storage import Conversation, User, storage_unavailable
 from dialogs.model import Event
+from domain import beijing
 
 log = logging.getLogger(__name__)
 
@@ -519,7 +519,7 @@ class TelegramChannel:
             if month is not None:
                 lang = await self._user_lang(p.chat_id, p.lang_hint)
                 rows = [[InlineKeyboardButton(text, callback_data=cb) for text, cb in row] for row in extra]
-                markup = calendar_keyboard(month, beijing_today(), self.rt.catalog, lang, rows)
+                markup = calendar_keyboard(month, beijing.today(), self.rt.catalog, lang, rows)
                 self._spawn(self.sender.edit_markup(p.chat_id, cq.message.message_id, markup))
         return await self._answer(cq.id, None, inline)
 
@@ -792,7 +792,7 @@ async def webhook(request: web.Request) -> web.Response:
     except ConflictError:
         return web.Response(status=503)  # Telegram retries; the inbox makes the retry safe
     except Exception as exc:
-        if storage_unavailable(exc) or (exc.__cause__ is not None and storage_unavailable(exc.__cause__)):
+        if storage_unavailable(exc):
             # The database is down or restarting: not this update's fault, so it never counts towards giving up.
             # Telegram keeps retrying, and the inbox makes the delivery count once when the database is back.
             log.warning("telegram update deferred: storage unavailable", extra={"update_id": update.update_id})

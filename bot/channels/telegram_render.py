@@ -166,10 +166,6 @@ MONTH_PREFIX = "month:"
 NOOP = "noop"
 
 
-def beijing_today() -> date:
-    return beijing.today()
-
-
 def calendar_rows(month: date, today: date, catalog: Catalog, lang: str) -> list[list[InlineKeyboardButton]]:
     """A month of day buttons (`date:YYYY-MM-DD`) with ‹ › to move; days the plan cannot take are blank.
 
@@ -227,7 +223,7 @@ def render_payload(payload: Mapping[str, Any], catalog: Catalog, lang: str) -> l
         reply_keyboard = True
     elif payload.get("date_picker"):
         choice_markup, buttons = inline_keyboard(choices) if choices else (None, ())
-        today = beijing_today()
+        today = beijing.today()
         markup = calendar_keyboard(today, today, catalog, lang,
                                    choice_markup.inline_keyboard if choice_markup is not None else ())
     elif choices:

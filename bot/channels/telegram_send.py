@@ -414,17 +414,17 @@ class OutboxPump:
 
     async def pump_once(self) -> int:
         async with self.rt.db.session() as session:
-            query = (select(OutboxMessage, User, User.active)
+            query = (select(OutboxMessage, User)
                      .join(User, col(User.id) == col(OutboxMessage.user_id))
                      .where(col(OutboxMessage.channel) == CHANNEL, col(OutboxMessage.status) == "pending")
                      .order_by(col(OutboxMessage.id)).limit(self.limits.outbox_batch))
             if self.inflight:
                 query = query.where(col(OutboxMessage.id).not_in(self.inflight))
             rows = (await session.exec(query)).all()
-        for row, user, active in rows:
+        for row, user in rows:
             assert row.id is not None
             external_id = identities.reveal(self.rt.vault, user)
-            if not active or not external_id.lstrip("-").isdigit():
+            if not user.active or not external_id.lstrip("-").isdigit():
                 await self.finish(row.id, "failed")
                 continue
             if not await self.claim(row.id):
