@@ -30,8 +30,16 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	@if [ -f .importlinter ]; then echo "$(VENV)/bin/lint-imports"; $(VENV)/bin/lint-imports; fi
 
+# A new clone starts from the machine's latest mypy cache instead of none (about 30 s of CPU on 2 cores): mypy
+# checks each cached module against its source's hash, so a cache from another checkout costs time, never a
+# missed error. The cache goes back to the machine after each successful run.
+MYPY_MACHINE_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/haoqing/mypy-cache
 typecheck: venv
+	@if [ ! -d .mypy_cache ] && [ -d "$(MYPY_MACHINE_CACHE)" ]; then cp -R "$(MYPY_MACHINE_CACHE)" .mypy_cache; fi
 	$(VENV)/bin/mypy dialogs bot integrations domain
+	@mkdir -p "$(dir $(MYPY_MACHINE_CACHE))"; scratch="$(MYPY_MACHINE_CACHE).$$$$"; \
+	cp -R .mypy_cache "$$scratch" && rm -rf "$(MYPY_MACHINE_CACHE)" && mv -T "$$scratch" "$(MYPY_MACHINE_CACHE)" \
+	  2>/dev/null || rm -rf "$$scratch"
 
 # pytest-xdist spreads the suite over the machine's two cores; PYTEST_WORKERS=0 runs it in one process.
 unit: venv

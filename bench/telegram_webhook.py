@@ -17,6 +17,9 @@ clock: the fake runs in its own process on this machine), so it counts queueing 
 Each server runs in its own process; the load generator and the fake run in two more. First, the send path
 alone: calls/s of PTB's Bot.send_message over our aiohttp transport and over PTB's default httpx one.
 
+Beside updates/s, each server's own CPU time per update over the closed loop (read from /proc): on shared
+cores the fairer figure, since other load on the machine moves throughput far more than CPU per update.
+
 The fake Bot API applies Telegram's flood control itself (tests/fakes/fake_bot_api.py). For the throughput
 figures its bot-wide limit is lifted, and so is ours (TELEGRAM_BOT_PER_SECOND), as for a bot with paid
 broadcasts: they measure the CPU cost of an update, and one chat never gets more than two messages a second.
@@ -24,7 +27,7 @@ broadcasts: they measure the CPU cost of an update, and one chat never gets more
 at an offered load above them, and checks every second of the fake's log: no 429, no violation.
 
 Usage: .venv/bin/python bench/telegram_webhook.py [--rates 250,500,1000,2000] [--seconds 5]
-       [--peers ours,ptb,aiogram,raw] [--aiogram-venv /tmp/haoqing-bench-aiogram]
+       [--peers ours,ptb,aiogram,raw] [--aiogram-venv /tmp/haoqing-bench-aiogram] [--logging quiet|shipped]
        [--flood-check [--flood-rate 60]]
 """
 
@@ -91,21 +94,24 @@ async def serve_ours(port: int, api: str) -> web.AppRunner:
     from bot.channels.telegram import setup_telegram
     from bot.config import Settings
     from bot.server import SANDBOX_REGISTRY_PATH, create_app, tune_gc
-    from bot.structured_logs import configure
+    from bot.structured_logs import AccessLogger, configure
     from bot.web.chat import RUNTIME
     from integrations.registry import RegistryClient
 
     data_dir = Path(tempfile.mkdtemp(prefix="tg-bench-"))
+    # --logging shipped: the level and access logger `make run` ships with (JSON lines on stderr, INFO).
+    shipped = os.environ.get("BENCH_LOGGING") == "shipped"
+    level = "INFO" if shipped else "WARNING"
     settings = Settings(_env_file=None, host="127.0.0.1", port=port, data_dir=data_dir,  # type: ignore[call-arg]
                         secret_key="bench", telegram_bot_token=TOKEN, telegram_api_base_url=api,
                         telegram_webhook_url="https://bench.invalid/telegram/webhook",
-                        telegram_webhook_secret=SECRET, log_level="WARNING")
-    configure("WARNING")
+                        telegram_webhook_secret=SECRET, log_level=level)
+    configure(level)
     app = create_app(settings)
     rt = app[RUNTIME]
     channel = setup_telegram(app, rt)  # create_app mounted it already: this returns that channel
     assert channel is not None
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log_class=AccessLogger) if shipped else web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     await rt.registry.close()
@@ -359,8 +365,9 @@ class Run:
             self.sent_before = (await r.json())["sent"]
         return entries  # type: ignore[return-value]
 
-    async def closed_loop(self, workers: int, seconds: float) -> float:
-        """Peak: `workers` users doing the flow back to back; every server here replies before its 200."""
+    async def closed_loop(self, workers: int, seconds: float) -> tuple[float, int]:
+        """Peak: `workers` users doing the flow back to back; every server here replies before its 200.
+        Returns updates/s and how many updates that was."""
         done = 0
         stop_at = time.monotonic() + seconds
         chats = iter(range(self.first_chat, self.first_chat + 10**6))
@@ -379,7 +386,14 @@ class Run:
         elapsed = time.monotonic() - started
         self.first_chat += 10**6
         await self._timeline()
-        return done / elapsed
+        return done / elapsed, done
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (Linux /proc): unlike updates/s, barely moved by other load on
+    the machine, so a fairer figure on shared cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def transport_calls_per_second(api: str, seconds: float) -> dict[str, float]:
@@ -391,6 +405,7 @@ async def transport_calls_per_second(api: str, seconds: float) -> dict[str, floa
     from bot.channels.telegram_request import AiohttpRequest
 
     rates: dict[str, float] = {}
+    chats = iter(range(9 * 10**8, 10**9))
     for name, make in (("aiohttp (ours)", lambda: AiohttpRequest(connection_pool_size=64)),
                        ("httpx (PTB default)", lambda: HTTPXRequest(connection_pool_size=64))):
         bot = Bot(TOKEN, base_url=api, request=make(), get_updates_request=make())
@@ -401,7 +416,8 @@ async def transport_calls_per_second(api: str, seconds: float) -> dict[str, floa
         async def worker(bot: Bot = bot, stop_at: float = stop_at) -> None:
             nonlocal done
             while time.monotonic() < stop_at:
-                await bot.send_message(1, "transport bench")
+                # A new chat each call: the fake holds one chat to Telegram's per-chat pace.
+                await bot.send_message(next(chats), "transport bench")
                 done += 1
 
         started = time.monotonic()
@@ -504,14 +520,15 @@ async def bench(args: argparse.Namespace) -> None:
     rates = [int(r) for r in args.rates.split(",")]
     peers = args.peers.split(",") if args.peers else []
     # Throughput: the bot-wide pace lifted on both sides (see the module docstring); per-chat limits hold.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING", "TELEGRAM_BOT_PER_SECOND": LIFTED}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOG_LEVEL": "WARNING", "TELEGRAM_BOT_PER_SECOND": LIFTED,
+           "BENCH_LOGGING": args.logging}
     fake_port = free_port()
     fake_proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.fakes.fake_bot_api", "--port", str(fake_port), "--timeline",
         "--bot-per-second", LIFTED, cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL)
     fake = f"http://127.0.0.1:{fake_port}"
     api = f"{fake}/bot"
-    results: dict[str, tuple[list[dict[str, float]], float]] = {}
+    results: dict[str, tuple[list[dict[str, float]], float, float]] = {}
     connector = aiohttp.TCPConnector(limit=200)
     telegram_connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
@@ -520,7 +537,8 @@ async def bench(args: argparse.Namespace) -> None:
                 aiohttp.ClientSession(connector=telegram_connector, timeout=timeout) as telegram:
             await wait_ready(f"{fake}/bot{TOKEN}/getMe", fake_proc)
             print(f"# telegram webhook bench: offered loads {rates}/s for {args.seconds:.0f}s each, two-step flow, "
-                  f"closed loop {args.workers} users for {args.seconds:.0f}s; {os.cpu_count()} cores")
+                  f"closed loop {args.workers} users for {args.seconds:.0f}s; {os.cpu_count()} cores; "
+                  f"ours logging {args.logging}")
             if not args.skip_transport:
                 transports = await transport_calls_per_second(api, min(args.seconds, 3.0))
                 print("send transport, PTB Bot.send_message, 64 in flight: " + ", ".join(
@@ -531,15 +549,20 @@ async def bench(args: argparse.Namespace) -> None:
                 proc = await asyncio.create_subprocess_exec(
                     python, str(Path(__file__).resolve()), "--serve", peer, "--port", str(port), "--api", api,
                     cwd=ROOT if peer != "aiogram" else tempfile.gettempdir(), env=env,
-                    stdout=asyncio.subprocess.DEVNULL)
+                    stdout=asyncio.subprocess.DEVNULL,
+                    # Shipped logging is written (and paid for) in full, then discarded.
+                    stderr=asyncio.subprocess.DEVNULL if args.logging == "shipped" else None)
                 base = f"http://127.0.0.1:{port}"
                 try:
                     await wait_ready(base + "/readyz", proc)
                     run = Run(http, telegram, base + "/telegram/webhook", fake, first_chat=(n + 1) * 10**8)
                     await run.open_loop(min(rates), 3.0)  # warm-up
                     # The peak first: an overloaded open-loop point leaves a backlog behind in some servers.
-                    peak = await run.closed_loop(args.workers, args.seconds)
-                    print(f"{peer:<8} closed loop peak {peak:>7.0f} updates/s", flush=True)
+                    cpu_before = cpu_seconds(proc.pid)
+                    peak, updates = await run.closed_loop(args.workers, args.seconds)
+                    cpu = 1000 * (cpu_seconds(proc.pid) - cpu_before) / max(updates, 1)
+                    print(f"{peer:<8} closed loop peak {peak:>7.0f} updates/s, server CPU {cpu:.2f} ms/update",
+                          flush=True)
                     points = []
                     for rate in rates:
                         point = await run.open_loop(rate, args.seconds)
@@ -547,7 +570,7 @@ async def bench(args: argparse.Namespace) -> None:
                         print(f"{peer:<8} offered {rate:>5}/s  achieved {point['achieved']:>7.0f}/s  "
                               f"p50 {point['p50']:>8.1f} ms  p99 {point['p99']:>8.1f} ms  "
                               f"errors {point['errors']:.0f}", flush=True)
-                    results[peer] = (points, peak)
+                    results[peer] = (points, peak, cpu)
                 finally:
                     proc.send_signal(signal.SIGTERM)
                     try:
@@ -568,14 +591,15 @@ async def bench(args: argparse.Namespace) -> None:
     if not results:
         return
     print()
-    print(f"{'peer':<9}{'peak/s':>8}" + "".join(f"{f'p99@{r}':>11}" for r in rates))
-    for peer, (points, peak) in results.items():
-        print(f"{peer:<9}{peak:>8.0f}" + "".join(f"{p['p99']:>9.1f}ms" for p in points))
+    print(f"{'peer':<9}{'peak/s':>8}{'CPU ms/update':>15}" + "".join(f"{f'p99@{r}':>11}" for r in rates))
+    for peer, (points, peak, cpu) in results.items():
+        print(f"{peer:<9}{peak:>8.0f}{cpu:>15.2f}" + "".join(f"{p['p99']:>9.1f}ms" for p in points))
     if "ours" in results:
-        ours = results["ours"][1]
+        ours, ours_cpu = results["ours"][1], results["ours"][2]
         for peer in ("ptb", "aiogram", "raw"):
             if peer in results:
-                print(f"ours / {peer}: {ours / results[peer][1]:.2f}x peak throughput")
+                print(f"ours / {peer}: {ours / results[peer][1]:.2f}x peak throughput, "
+                      f"{results[peer][2] / ours_cpu:.2f}x updates per CPU second")
 
 
 def main() -> None:
@@ -587,6 +611,8 @@ def main() -> None:
     parser.add_argument("--aiogram-venv", default=str(Path(tempfile.gettempdir()) / "haoqing-bench-aiogram"))
     parser.add_argument("--skip-transport", action="store_true", help="skip the aiohttp-vs-httpx send measure")
     parser.add_argument("--flood-check", action="store_true", help="then run ours under Telegram's real limits")
+    parser.add_argument("--logging", choices=("quiet", "shipped"), default="quiet",
+                        help="ours at WARNING without access log (quiet), or as `make run` ships it (shipped)")
     parser.add_argument("--flood-rate", type=float, default=60.0, help="updates/s offered in the flood check")
     parser.add_argument("--serve", choices=sorted(SERVERS), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)

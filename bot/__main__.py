@@ -2,7 +2,8 @@
 `python -m bot migration "what changed"` writes a new Alembic revision from the models;
 `python -m bot wechat-menu` creates the WeChat official account's custom menu;
 `python -m bot staff add NAME --role staff|admin` (and list, disable, enable, passwd, link) manages staff accounts;
-`python -m bot serve --workers N` runs N workers under gunicorn (PostgreSQL)."""
+`python -m bot serve --workers N` runs N workers under gunicorn (PostgreSQL);
+`python -m bot broadcast create|start|pause|resume|status|report` manages broadcasts."""
 
 from __future__ import annotations
 
@@ -59,9 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         from bot.staff.cli import main as staff_main
 
         return staff_main(argv[1:])
+    if argv[:1] == ["broadcast"]:
+        # Broadcasts (issue 14): create, start, pause, resume, status, report (bot/broadcast_cli.py).
+        from bot.broadcast_cli import main as broadcast_main
+
+        return broadcast_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bot")
-    # `staff` is handled above (its own sub-commands); listed here so --help shows it.
-    parser.add_argument("command", choices=["run", "serve", "diagram", "migration", "wechat-menu", "staff"])
+    # `staff` and `broadcast` are handled above (its own sub-commands); listed here so --help shows it.
+    parser.add_argument("command", choices=["run", "serve", "diagram", "migration", "wechat-menu", "staff",
+                                            "broadcast"])
     parser.add_argument("message", nargs="?", default="", help="migration: what the new revision changes")
     parser.add_argument("--workers", type=int, default=2, help="serve: worker processes (PostgreSQL needed past 1)")
     args = parser.parse_args(argv)

@@ -7,7 +7,12 @@ updated under its row lock, on the database's clock), and in memory for a single
 *reserves* the next slot and sleeps until it; nobody ever holds a lock while waiting. If Redis stops answering,
 the budget falls back to the database (or memory) instead of failing a send.
 
-Never keyed by a user, number or session: keys name a channel and a bot.
+A send that must respect two budgets at once (Telegram: the chat's pace and the bot's) reserves both in one
+atomic step (`reserve_joint`): one start, the later of the two, taken from both, so the chat's slot is where the
+message really goes out; and when the chat's next slot is later than the bot's next one, nothing is taken and the
+caller comes back then, so a slow chat never holds the bot's slots.
+
+Never keyed by a user, number or session: keys name a channel, a bot and a chat.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import text
@@ -28,7 +34,48 @@ class Budget(Protocol):
         before using it (0 when it is free now)."""
         ...
 
+    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float) -> tuple[bool, float]:
+        """Takes a slot of `chat` and of `bot` together, at the later of their next free moments: (True, seconds
+        to wait). When the chat's next moment comes more than `slack` after the bot's, takes nothing and returns
+        (False, seconds until the chat's), so the caller tries again then and the bot's slots go to others."""
+        ...
+
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One budget's part in a joint reservation."""
+
+    key: str
+    rate: float
+    burst: int = 1
+    # Seconds before the budget's next free moment that this caller may already take a slot (the TAT still moves
+    # on by a full interval): replies get one interval of it on the bot's budget, so a reply arriving just after a
+    # broadcast message goes at once instead of waiting out that message's interval; the budget then holds every
+    # other caller back by as much, and no window of a second holds more than rate + burst + 1.
+    credit: float = 0.0
+
+    @property
+    def interval(self) -> float:
+        return 1.0 / self.rate
+
+    @property
+    def tolerance(self) -> float:
+        return (max(self.burst, 1) - 1) / self.rate
+
+
+def joint(now: float, chat: Slot, chat_tat: float, bot: Slot, bot_tat: float,
+          slack: float) -> tuple[bool, float, float, float]:
+    """The joint reservation's arithmetic, the same in memory, in SQL's caller and in Redis's Lua: (taken, start,
+    the chat's new TAT, the bot's new TAT). A budget's slot is free from its TAT on; taking one at `start` moves
+    the TAT to max(TAT, start - tolerance) + interval (the burst is the credit an idle budget keeps)."""
+    chat_at, bot_at = max(now, chat_tat), max(now, bot_tat - bot.credit)
+    if chat_at > bot_at + slack:
+        return False, chat_at, chat_tat, bot_tat
+    start = max(chat_at, bot_at)
+    return (True, start, max(chat_tat, start - chat.tolerance) + chat.interval,
+            max(bot_tat, start - bot.tolerance) + bot.interval)
 
 
 class LocalBudget:
@@ -44,6 +91,26 @@ class LocalBudget:
         start = max(self._tat.get(key, 0.0), now - (max(burst, 1) - 1) * interval)
         self._tat[key] = start + interval
         return max(0.0, start - now)
+
+    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float) -> tuple[bool, float]:
+        now = float(self.clock())
+        taken, start, chat_tat, bot_tat = joint(now, chat, self._tat.get(chat.key, 0.0), bot,
+                                                self._tat.get(bot.key, 0.0), slack)
+        if taken:
+            self._tat[chat.key], self._tat[bot.key] = chat_tat, bot_tat
+        return taken, max(0.0, start - now)
+
+    def tat(self, key: str) -> float:
+        return self._tat.get(key, 0.0)
+
+    def put(self, key: str, tat: float) -> None:
+        self._tat[key] = tat
+
+    def forget_idle(self, now: float | None = None) -> None:
+        """Drops TATs in the past (an idle chat's), which hold nothing any more."""
+        now = float(self.clock()) if now is None else now
+        for key in [k for k, tat in self._tat.items() if tat < now]:
+            del self._tat[key]
 
     async def close(self) -> None:
         return None
@@ -62,6 +129,29 @@ redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_
 return string.format('%.6f', math.max(0, start - now))
 """
 
+# KEYS[1]: the chat's budget, KEYS[2]: the bot's; ARGV: chat interval, chat tolerance, bot interval, bot tolerance,
+# slack, bot credit. bot.budgets.joint in Lua: both slots at one start, or nothing while the chat's is the later by
+# over slack.
+_RESERVE_JOINT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local ci, ct = tonumber(ARGV[1]), tonumber(ARGV[2])
+local bi, bt = tonumber(ARGV[3]), tonumber(ARGV[4])
+local chat_tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local bot_tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+local chat_at = math.max(now, chat_tat)
+local bot_at = math.max(now, bot_tat - tonumber(ARGV[6] or '0'))
+if chat_at > bot_at + tonumber(ARGV[5]) then
+  return {0, string.format('%.6f', chat_at - now)}
+end
+local start = math.max(chat_at, bot_at)
+local new_chat = math.max(chat_tat, start - ct) + ci
+local new_bot = math.max(bot_tat, start - bt) + bi
+redis.call('SET', KEYS[1], string.format('%.6f', new_chat), 'PX', math.ceil((new_chat - now) * 1000) + 60000)
+redis.call('SET', KEYS[2], string.format('%.6f', new_bot), 'PX', math.ceil((new_bot - now) * 1000) + 60000)
+return {1, string.format('%.6f', start - now)}
+"""
+
 # The row's lock serialises concurrent reservations; clock_timestamp() is the database's clock.
 _RESERVE_SQL = """
 INSERT INTO send_budgets (key, tat) VALUES (:key, extract(epoch FROM clock_timestamp()) + :interval)
@@ -69,6 +159,14 @@ ON CONFLICT (key) DO UPDATE SET tat = GREATEST(send_budgets.tat,
     extract(epoch FROM clock_timestamp()) - :tolerance) + :interval
 RETURNING tat - :interval - extract(epoch FROM clock_timestamp())
 """
+# The joint reservation on the database: both rows made if missing, then locked in key order (so two
+# reservations never deadlock), read with the database's clock, and moved together in the same transaction.
+_ENSURE_ROWS = "INSERT INTO send_budgets (key, tat) VALUES (:first, 0), (:second, 0) ON CONFLICT (key) DO NOTHING"
+_LOCK_ROWS = ("SELECT key, tat, extract(epoch FROM clock_timestamp()) FROM send_budgets "
+              "WHERE key IN (:first, :second) ORDER BY key FOR UPDATE")
+_LOCK_ROWS_SQLITE = "SELECT key, tat, :now FROM send_budgets WHERE key IN (:first, :second) ORDER BY key"
+_MOVE_ROWS = ("UPDATE send_budgets SET tat = CASE WHEN key = :chat THEN CAST(:chat_tat AS DOUBLE PRECISION) "
+              "ELSE CAST(:bot_tat AS DOUBLE PRECISION) END WHERE key IN (:chat, :bot)")
 _RESERVE_SQLITE = """
 INSERT INTO send_budgets (key, tat) VALUES (:key, :now + :interval)
 ON CONFLICT (key) DO UPDATE SET tat = MAX(send_budgets.tat, :now - :tolerance) + :interval
@@ -93,6 +191,22 @@ class DatabaseBudget:
             wait = (await connection.execute(statement, params)).scalar_one()
         return max(0.0, float(wait))
 
+    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float) -> tuple[bool, float]:
+        first, second = sorted((chat.key, bot.key))
+        keys = {"first": first, "second": second}
+        lock = text(_LOCK_ROWS_SQLITE if self.db.is_sqlite else _LOCK_ROWS)
+        async with self.db.engine.begin() as connection:
+            await connection.execute(text(_ENSURE_ROWS), keys)
+            rows = (await connection.execute(lock, {**keys, "now": time.time()})).all()
+            tats = {str(row[0]): float(row[1]) for row in rows}
+            now = float(rows[0][2])
+            taken, start, chat_tat, bot_tat = joint(now, chat, tats.get(chat.key, 0.0), bot, tats.get(bot.key, 0.0),
+                                                    slack)
+            if taken:
+                await connection.execute(text(_MOVE_ROWS), {"chat": chat.key, "bot": bot.key, "chat_tat": chat_tat,
+                                                            "bot_tat": bot_tat})
+        return taken, max(0.0, start - now)
+
     async def close(self) -> None:
         return None  # the database is the runtime's to close
 
@@ -105,6 +219,7 @@ class RedisBudget:
         self.fallback = fallback
         self.prefix = prefix
         self._script = redis.register_script(_RESERVE_LUA)
+        self._joint = redis.register_script(_RESERVE_JOINT_LUA)
         self._down_until = 0.0
 
     async def reserve(self, key: str, rate: float, burst: int = 1) -> float:
@@ -114,9 +229,23 @@ class RedisBudget:
                 wait = await self._script(keys=[self.prefix + key], args=[interval, (max(burst, 1) - 1) * interval])
                 return max(0.0, float(wait))
             except Exception as exc:  # redis.exceptions.* and OSError alike: degrade, say so once per outage
-                log.warning("send budget: Redis unavailable, using the database", extra={"error": type(exc).__name__})
-                self._down_until = time.monotonic() + 5.0
+                self._degrade(exc)
         return await self.fallback.reserve(key, rate, burst)
+
+    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float) -> tuple[bool, float]:
+        if time.monotonic() >= self._down_until:
+            try:
+                taken, wait = await self._joint(
+                    keys=[self.prefix + chat.key, self.prefix + bot.key],
+                    args=[chat.interval, chat.tolerance, bot.interval, bot.tolerance, slack, bot.credit])
+                return bool(int(taken)), max(0.0, float(wait))
+            except Exception as exc:  # as in reserve: degrade to the fallback, never fail a send
+                self._degrade(exc)
+        return await self.fallback.reserve_joint(chat, bot, slack)
+
+    def _degrade(self, exc: Exception) -> None:
+        log.warning("send budget: Redis unavailable, using the database", extra={"error": type(exc).__name__})
+        self._down_until = time.monotonic() + 5.0
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -88,6 +88,15 @@ class Settings(BaseSettings):
     telegram_bot_per_second: float = Field(28.0, description="Telegram messages per second across all chats, "
                                                              "replies first; Telegram allows about 30 (up to 1000 "
                                                              "with paid broadcasts).")
+    # --- broadcasts (issue 14) ---
+    telegram_broadcast_per_second: float = Field(20.0, description="Broadcast messages per second on Telegram, "
+                                                                   "across all workers: kept below "
+                                                                   "TELEGRAM_BOT_PER_SECOND so replies always "
+                                                                   "have room.")
+    wechat_broadcast_per_second: float = Field(20.0, description="Broadcast messages per second on WeChat, "
+                                                                 "across all workers.")
+    broadcast_lease_seconds: float = Field(120.0, description="A broadcast send claimed by a worker that died "
+                                                              "is sent again after this long.")
     # --- operations: workers and metrics ---
     metrics_token: str = Field("", description="Bearer token a /metrics scrape must carry; empty = loopback "
                                                "scrapers only.")

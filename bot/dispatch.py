@@ -14,7 +14,7 @@ import os
 import time
 import unicodedata
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,43 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_EFFECT_ROUNDS = 6
+# Where a conversation's data keeps the menu on offer: [[choice id, label key], ...].
+OFFERED = "_offered"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one delivery produced, with everything an adapter needs to render it: adapters neither read the
+    database for the user's language nor work out again which menu is on offer."""
+
+    # The rendered replies (the web chat's wire form and the outbox's payloads), each with its `seq`.
+    messages: tuple[dict[str, Any], ...]
+    # The conversation's language after the step (the one picked with /language), for the adapter's own words
+    # (a calendar's weekday labels, a contact button, a "menu expired" notice).
+    lang: str
+    # Choice ids of the menu on offer now: the last reply with choices, as `_offered` in the conversation.
+    offered: tuple[str, ...]
+    user_id: int
+    # The delivery was handled before: these are its first answer, and nothing ran again.
+    replayed: bool = False
+
+    @property
+    def payloads(self) -> list[dict[str, Any]]:
+        return list(self.messages)
+
+
+def offered_ids(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """The choice ids a conversation's data says are on offer (what the dispatcher stored in `_offered`)."""
+    offered = data.get(OFFERED)
+    if not isinstance(offered, list):
+        return ()
+    return tuple(str(item[0]) for item in offered if isinstance(item, list | tuple) and item)
+
+
+def _offered_in(payloads: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The dispatcher's menu rule read off rendered replies: the last one with choices is what is on offer."""
+    last = next((p["choices"] for p in reversed(payloads) if p.get("choices")), None)
+    return tuple(str(c["id"]) for c in last) if last else ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +112,16 @@ def rendered(reply: Reply, lang: str, catalog: Any, *, no_push: bool = False) ->
     return out
 
 
+def _remember_offer(data: dict[str, Any], replies: Sequence[Reply]) -> tuple[str, ...]:
+    """The menu rule: the last reply with choices is what is on offer (typed labels and numbers answer it)."""
+    offered = next((r for r in reversed(replies) if r.choices), None)
+    if offered is None:
+        data.pop(OFFERED, None)
+        return ()
+    data[OFFERED] = [[c.id, c.label.key] for c in offered.choices]
+    return tuple(c.id for c in offered.choices)
+
+
 def _die_for_fault_injection(kind: str) -> None:
     """Crash-injection for the exactly-once tests: the process dies after the effect ran and before the step
     commits, as a power cut would. Only ever set by tests (FAULT_AFTER_EFFECT)."""
@@ -89,14 +136,48 @@ def pick_lang(hint: str | None) -> str:
     return DEFAULT_LANG
 
 
+class Pushes:
+    """Messages the user did not ask for, rendered in their language and queued in the outbox. Apart from the
+    dispatcher so that services which push (unbind status, plan reminders) need not hold the dispatcher."""
+
+    def __init__(self, db: Database, catalog: Catalog) -> None:
+        self.db, self.catalog = db, catalog
+
+    async def push(self, user_id: int, replies: list[Reply], *, channel: str) -> list[dict[str, Any]]:
+        """Queues messages the user did not ask for (reminders, status changes, staff replies)."""
+        async with self.db.session() as session:
+            payloads = await self.stage_push(session, user_id, replies, channel=channel)
+            await session.commit()
+        return payloads
+
+    async def stage_push(self, session: Any, user_id: int, replies: list[Reply], *,
+                         channel: str) -> list[dict[str, Any]]:
+        """Adds pushed messages to `session` without committing, so they land atomically with other writes."""
+        user = await session.get(User, user_id)
+        assert user is not None
+        payloads = [rendered(r, user.lang, self.catalog) for r in replies]
+        # Atomic, so a reminder and a reply for the same user can never take the same sequence number.
+        connection = await session.connection()
+        reserved = await connection.execute(text(RESERVE_PUSH_SEQ), {"count": len(payloads), "user_id": user_id})
+        seq = int(reserved.scalar_one()) - len(payloads)
+        for offset, payload in enumerate(payloads):
+            payload["seq"] = seq + offset
+            # Web chat reads its rows directly; other channels' senders deliver `pending` rows.
+            session.add(OutboxMessage(user_id=user_id, channel=channel, seq=seq + offset, kind="push",
+                                      payload=json.dumps(payload, ensure_ascii=False),
+                                      status="sent" if channel == "web" else "pending"))
+        return payloads
+
+
 class Dispatcher:
     MAX_CACHED_USERS = 100_000
 
     def __init__(self, *, steps: StepStore, locks: KeyedLocks, db: Database, effects: EffectRunner,
-                 catalog: Catalog, settings: Settings, vault: Vault) -> None:
+                 catalog: Catalog, settings: Settings, vault: Vault, pushes: Pushes | None = None) -> None:
         # What a step needs, and nothing else: the dispatcher is testable without the whole server.
         self.steps, self.locks, self.db, self.effects = steps, locks, db, effects
         self.catalog, self.settings, self.vault = catalog, settings, vault
+        self.pushes = pushes or Pushes(db, catalog)
         # (channel, external id) -> user; user rows are never deleted (/forget keeps the bare row), so this
         # cache cannot go stale in a way that matters.
         self._users: dict[tuple[str, str], UserRef] = {}
@@ -127,25 +208,33 @@ class Dispatcher:
         """Drops a cached identity whose row was revoked or purged (a web session ended, retention)."""
         self._users.pop((channel, external_id), None)
 
-    async def handle(self, incoming: Incoming) -> list[dict[str, Any]]:
+    async def handle(self, incoming: Incoming) -> StepResult:
         started = time.perf_counter()
         outcome = "error"
         try:
             user = await self.user_for(incoming.channel, incoming.external_id, incoming.lang_hint)
             assert user is not None
-            async with self.locks.hold(user.id), self.db.user_lock(user.id):
+            async with self.locks.hold(user.id), self.steps.user_lock(user.id):
                 begin = await self.steps.begin(user.id, incoming.channel, incoming.dedupe_key, user.lang)
                 if begin.answer is not None:
                     outcome = "replayed"
-                    return begin.answer
-                payloads = await self._step(user, incoming, begin)
+                    return self._replayed(user, begin.answer)
+                result = await self._step(user, incoming, begin)
                 outcome = "step"
-                return payloads
+                return result
         finally:
             metrics.UPDATES.labels(incoming.channel, outcome).inc()
             metrics.STEP_SECONDS.labels(incoming.channel).observe(time.perf_counter() - started)
 
-    async def _step(self, user: UserRef, incoming: Incoming, begin: Begin) -> list[dict[str, Any]]:
+    @staticmethod
+    def _replayed(user: UserRef, answer: list[dict[str, Any]]) -> StepResult:
+        # Every rendered reply carries the language it was rendered in; an empty answer (a step that said
+        # nothing, or one /forget emptied) falls back to the user's.
+        lang = next((str(p["lang"]) for p in answer if p.get("lang") in LANGS), user.lang)
+        return StepResult(tuple(answer), lang if lang in LANGS else DEFAULT_LANG, _offered_in(answer), user.id,
+                          replayed=True)
+
+    async def _step(self, user: UserRef, incoming: Incoming, begin: Begin) -> StepResult:
         state, data = begin.state, json.loads(begin.data)
         event = self._as_choice(incoming.event, data)
         replies: list[Reply] = []
@@ -170,12 +259,8 @@ class Dispatcher:
             if follow is None:
                 break
             event = follow
-        lang = data.get("lang") if data.get("lang") in LANGS else DEFAULT_LANG
-        offered = next((r for r in reversed(replies) if r.choices), None)
-        if offered is not None:
-            data["_offered"] = [[c.id, c.label.key] for c in offered.choices]
-        else:
-            data.pop("_offered", None)
+        lang = str(data["lang"]) if data.get("lang") in LANGS else DEFAULT_LANG
+        offered = _remember_offer(data, replies)
         no_push = incoming.channel in self.no_push_channels
         payloads = [rendered(r, lang, self.catalog, no_push=no_push) for r in replies]
         # A reply with a `kept` form (the user's letter with their full number) is delivered as is but stored only
@@ -188,11 +273,11 @@ class Dispatcher:
         if kept is not payloads:
             for shown, stored in zip(payloads, kept, strict=True):
                 shown["seq"] = stored["seq"]
-        return payloads
+        return StepResult(tuple(payloads), lang, offered, user.id)
 
     def _as_choice(self, event: Event, data: dict[str, Any]) -> Event:
         """Typed text that names an offered choice (its label in either language, or its number) is that choice."""
-        offered = data.get("_offered")
+        offered = data.get(OFFERED)
         if event.kind != "text" or not isinstance(offered, list) or not offered:
             return event
         text = unicodedata.normalize("NFKC", event.text).strip().casefold()
@@ -206,28 +291,12 @@ class Dispatcher:
 
     async def push(self, user_id: int, replies: list[Reply], *, channel: str) -> list[dict[str, Any]]:
         """Queues messages the user did not ask for (reminders, status changes, staff replies)."""
-        async with self.db.session() as session:
-            payloads = await self.stage_push(session, user_id, replies, channel=channel)
-            await session.commit()
-        return payloads
+        return await self.pushes.push(user_id, replies, channel=channel)
 
     async def stage_push(self, session: Any, user_id: int, replies: list[Reply], *,
                          channel: str) -> list[dict[str, Any]]:
         """Adds pushed messages to `session` without committing, so they land atomically with other writes."""
-        user = await session.get(User, user_id)
-        assert user is not None
-        payloads = [rendered(r, user.lang, self.catalog) for r in replies]
-        # Atomic, so a reminder and a reply for the same user can never take the same sequence number.
-        connection = await session.connection()
-        reserved = await connection.execute(text(RESERVE_PUSH_SEQ), {"count": len(payloads), "user_id": user_id})
-        seq = int(reserved.scalar_one()) - len(payloads)
-        for offset, payload in enumerate(payloads):
-            payload["seq"] = seq + offset
-            # Web chat reads its rows directly; other channels' senders deliver `pending` rows.
-            session.add(OutboxMessage(user_id=user_id, channel=channel, seq=seq + offset, kind="push",
-                                      payload=json.dumps(payload, ensure_ascii=False),
-                                      status="sent" if channel == "web" else "pending"))
-        return payloads
+        return await self.pushes.stage_push(session, user_id, replies, channel=channel)
 
     # --- staff handoff (issue 13): events from outside the user's own messages ---
     async def nudge(self, user_id: int, event: Event, *, only_in: frozenset[str],
@@ -236,7 +305,7 @@ class Dispatcher:
         as pushed messages and whatever `stage` writes in one transaction, under the user's lock.
 
         Nothing happens, and False comes back, when the user is not in one of `only_in` or `stage` declines."""
-        async with self.locks.hold(user_id), self.db.user_lock(user_id):
+        async with self.locks.hold(user_id), self.steps.user_lock(user_id):
             async with self.db.session() as session:
                 conv = await session.get(Conversation, user_id)
                 user = await session.get(User, user_id)
@@ -244,11 +313,7 @@ class Dispatcher:
                     return False
                 result = machine.step(conv.state, json.loads(conv.data), event)
                 data = dict(result.data)
-                offered = next((r for r in reversed(result.replies) if r.choices), None)
-                if offered is not None:
-                    data["_offered"] = [[c.id, c.label.key] for c in offered.choices]
-                else:
-                    data.pop("_offered", None)
+                _remember_offer(data, result.replies)
                 if stage is not None and not await stage(session):
                     await session.rollback()
                     return False

@@ -9,6 +9,7 @@ Holds no number in the clear and never logs one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,10 @@ from bot.storage import (
 from integrations.registry import RegistryError
 
 if TYPE_CHECKING:
-    from bot.runtime import Runtime
+    from bot.jobs import JobScheduler
+    from bot.storage import Database
+    from bot.vault import Vault
+    from integrations.registry import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +63,24 @@ async def recipient(session: Any, person_id: int | None, fallback_user_id: int |
 
 
 class PeopleService:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, db: Database, vault: Vault, jobs: JobScheduler, registry: Callable[[], RegistryClient]) -> None:
+        # `registry` is asked each time: the client is replaced once the server knows its port (bot/server.py).
+        self.db, self.vault, self.jobs, self._registry = db, vault, jobs, registry
 
     async def link(self, user_id: int, phone: str, now: datetime) -> int | None:
         """Links `user_id` to the person holding `phone` now. The tenure start comes from the registry; when
         it cannot say (down, number unknown or unassigned) the identity stays unlinked and sees nothing."""
         try:
-            info = await self.rt.registry.number_info(phone)
+            info = await self._registry().number_info(phone)
         except RegistryError:
             log.warning("person not linked: registry unavailable")
             return None
         if info is None or info.status != "assigned" or info.tenure_start is None:
             return None
-        phone_hash = self.rt.vault.keyed_hash(phone)
+        phone_hash = self.vault.keyed_hash(phone)
         tenure = info.tenure_start.isoformat()
         person_id = await self._find_or_create(phone_hash, tenure, now)
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             await session.exec(update(User).where(col(User.id) == user_id).values(person_id=person_id))
             await session.commit()
         return person_id
@@ -83,7 +88,7 @@ class PeopleService:
     async def _find_or_create(self, phone_hash: str, tenure: str, now: datetime) -> int:
         query = select(Person.id).where(Person.phone_hash == phone_hash, Person.tenure_start == tenure)
         for _ in range(2):
-            async with self.rt.db.session() as session:
+            async with self.db.session() as session:
                 found = (await session.exec(query)).first()
                 if found is not None:
                     await session.exec(update(Person).where(col(Person.id) == found).values(last_seen_at=now))
@@ -96,19 +101,30 @@ class PeopleService:
                     # Verified at the same moment from another session: theirs won, read it back.
                     await session.rollback()
                     continue
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             found = (await session.exec(query)).first()
         assert found is not None
         return int(found)
 
     async def of(self, user_id: int) -> int | None:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             return await person_for_user(session, user_id)
 
+    async def record_tag(self, user_id: int, kind: str, code: str, masked: str, now: datetime) -> None:
+        """Keeps the statement's code with the person, so they see it again from any session or channel."""
+        await record_tag(self.db, user_id, kind, code, masked, now)
 
-async def record_tag(rt: Runtime, user_id: int, kind: str, code: str, masked: str, now: datetime) -> None:
+    async def tags_for(self, user_id: int) -> list[dict[str, str]]:
+        return await tags_for(self.db, user_id)
+
+    async def forget(self, user_id: int) -> int:
+        """/forget (see forget_user); the count of open requests that run on anonymised."""
+        return await forget_user(self.db, self.jobs, user_id)
+
+
+async def record_tag(db: Database, user_id: int, kind: str, code: str, masked: str, now: datetime) -> None:
     """Keeps the statement's code with the person, so they see it again from any session or channel."""
-    async with rt.db.session() as session:
+    async with db.session() as session:
         person_id = await person_for_user(session, user_id)
         if person_id is None:
             return
@@ -116,8 +132,8 @@ async def record_tag(rt: Runtime, user_id: int, kind: str, code: str, masked: st
         await session.commit()
 
 
-async def tags_for(rt: Runtime, user_id: int) -> list[dict[str, str]]:
-    async with rt.db.session() as session:
+async def tags_for(db: Database, user_id: int) -> list[dict[str, str]]:
+    async with db.session() as session:
         person_id = await person_for_user(session, user_id)
         if person_id is None:
             return []
@@ -130,12 +146,12 @@ async def tags_for(rt: Runtime, user_id: int) -> list[dict[str, str]]:
 FINISHED = ("done", "rejected", "refused")
 
 
-async def forget_user(rt: Runtime, user_id: int) -> int:
+async def forget_user(db: Database, jobs: JobScheduler, user_id: int) -> int:
     """/forget: deletes what this identity and its person hold (verifications, codes, consents, real-name
     checks, plans, tag statements, finished requests, the transcript and stored answers) and unlinks every
     channel identity from the person. Open requests run to completion anonymised; their count is returned.
     Abuse counters stay: they are security records (invariant 8) and hold only keyed hashes."""
-    async with rt.db.session() as session:
+    async with db.session() as session:
         person_id = await person_for_user(session, user_id)
         for table in (Verification, OtpChallenge, ConsentRecord, RealNameCheck, PendingRealName, UsageEvent,
                       EffectOutcome):
@@ -143,7 +159,7 @@ async def forget_user(rt: Runtime, user_id: int) -> int:
         plan_owner = or_(col(Plan.user_id) == user_id, col(Plan.person_id) == person_id) if person_id \
             else col(Plan.user_id) == user_id
         for plan in (await session.exec(select(Plan).where(plan_owner))).all():
-            await rt.jobs.cancel(f"plan:{plan.id}:", session)
+            await jobs.cancel(f"plan:{plan.id}:", session)
             await session.exec(delete(PlanItem).where(col(PlanItem.plan_id) == plan.id))
             await session.delete(plan)
         request_owner = or_(col(UnbindRequestRow.user_id) == user_id, col(UnbindRequestRow.person_id) == person_id) \

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlmodel import col, delete, or_, select
 
@@ -21,7 +22,18 @@ from domain import beijing
 from integrations.registry import RegistryError
 
 if TYPE_CHECKING:
-    from bot.runtime import Runtime
+    from bot.i18n import Catalog
+    from bot.storage import Database
+    from bot.vault import Vault
+    from integrations.platform_directory import PlatformDirectory
+    from integrations.registry import RegistryClient
+
+
+
+class StagePush(Protocol):
+    """Adds pushed messages to a session without committing (bot/dispatch.py Pushes.stage_push)."""
+
+    async def __call__(self, session: Any, user_id: int, replies: list[Reply], *, channel: str) -> Any: ...
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +69,31 @@ async def _owns(session: Any, user_id: int, plan: Plan) -> bool:
 
 
 class PlanService:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, *, db: Database, vault: Vault, catalog: Catalog, jobs: JobScheduler,
+                 directory: PlatformDirectory, registry: Callable[[], RegistryClient], stage_push: StagePush,
+                 offsets_days: str) -> None:
+        self.db, self.vault, self.catalog, self.jobs, self.directory = db, vault, catalog, jobs, directory
+        # Asked each time: the client is replaced once the server knows its port (bot/server.py).
+        self._registry = registry
+        # Reminders are queued in the transaction that completes their job (bot/dispatch.py Pushes.stage_push).
+        self.stage_push = stage_push
+        self.offsets_days = offsets_days
 
     def register_jobs(self, scheduler: JobScheduler) -> None:
         scheduler.register("plan.reminder", self._reminder)
 
     def offsets(self) -> list[int]:
-        return sorted({int(v) for v in self.rt.settings.reminder_offsets_days.split(",") if v.strip()}, reverse=True)
+        return sorted({int(v) for v in self.offsets_days.split(",") if v.strip()}, reverse=True)
 
     async def _bound_own(self, phone: str) -> list[str] | None:
         try:
-            _start, bindings = await self.rt.registry.bindings(phone)
+            _start, bindings = await self._registry().bindings(phone)
         except RegistryError:
             return None
         return [b.platform for b in bindings if b.tenure == "current"]
 
     async def load(self, user_id: int, now: datetime) -> dict[str, Any] | None:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             plan = (await session.exec(select(Plan).where(await _owned_by(session, user_id), Plan.status == "active")
                                        .order_by(col(Plan.id).desc()))).first()
             if plan is None:
@@ -96,7 +115,7 @@ class PlanService:
 
     async def save(self, user_id: int, verification_id: int, target: date, now: datetime) -> dict[str, Any]:
         """Creates the plan, or moves an active plan to a new date; (re)schedules its reminders."""
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             verification = await session.get(Verification, verification_id)
             if verification is None or verification.user_id != user_id:
                 raise PermissionError("not this user's verification")
@@ -104,13 +123,13 @@ class PlanService:
                                                           Plan.status == "active"))).first()
             person_id = await person_for_user(session, user_id)
         if plan is None:
-            phone = self.rt.vault.reveal(verification.phone_enc)
+            phone = self.vault.reveal(verification.phone_enc)
             bound = await self._bound_own(phone) or []
             plan = Plan(user_id=user_id, phone_hash=verification.phone_hash, phone_enc=verification.phone_enc,
                         phone_masked=verification.phone_masked, target_date=target.isoformat(), created_at=now,
                         person_id=person_id)
             items = self._checklist(bound)
-            async with self.rt.db.session() as session:
+            async with self.db.session() as session:
                 session.add(plan)
                 await session.flush()
                 assert plan.id is not None
@@ -120,9 +139,9 @@ class PlanService:
                 await self._schedule(session, plan.id, target, now)
                 await session.commit()
         else:
-            async with self.rt.db.session() as session:
+            async with self.db.session() as session:
                 assert plan.id is not None
-                await self.rt.jobs.cancel(f"plan:{plan.id}:", session)
+                await self.jobs.cancel(f"plan:{plan.id}:", session)
                 plan.target_date = target.isoformat()
                 session.add(plan)
                 await self._schedule(session, plan.id, target, now)
@@ -134,7 +153,7 @@ class PlanService:
 
     def _checklist(self, bound: list[str]) -> list[PlanItem]:
         ranked: list[tuple[int, int, PlanItem]] = []
-        names = {p.id: p for p in self.rt.directory.all()}
+        names = {p.id: p for p in self.directory.all()}
         for order, platform in enumerate(dict.fromkeys(bound)):
             known = names.get(platform)
             if known and known.category in TASK_COVERS:
@@ -145,8 +164,8 @@ class PlanService:
                                                  name_en=known.name_en if known else platform)))
         for order, (task, rank) in enumerate(TASKS):
             ranked.append((rank, 100 + order, PlanItem(plan_id=0, position=0, task=task,
-                                                       name_zh=self.rt.catalog.text(f"plan.task.{task}", "zh_CN"),
-                                                       name_en=self.rt.catalog.text(f"plan.task.{task}", "en"))))
+                                                       name_zh=self.catalog.text(f"plan.task.{task}", "zh_CN"),
+                                                       name_en=self.catalog.text(f"plan.task.{task}", "en"))))
         return [item for _, _, item in sorted(ranked, key=lambda r: (r[0], r[1]))]
 
     async def _schedule(self, session: Any, plan_id: int, target: date, now: datetime) -> None:
@@ -156,12 +175,12 @@ class PlanService:
             if due <= now and label != "after":
                 continue
             key = f"plan:{plan_id}:{target.isoformat()}:{label}"
-            if not await self.rt.jobs.schedule("plan.reminder", key, {"plan_id": plan_id, "label": label}, due,
+            if not await self.jobs.schedule("plan.reminder", key, {"plan_id": plan_id, "label": label}, due,
                                                session=session):
-                await self.rt.jobs.reschedule(key, due, session)
+                await self.jobs.reschedule(key, due, session)
 
     async def mark(self, user_id: int, item_id: int, action: str, now: datetime) -> dict[str, Any] | None:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             item = await session.get(PlanItem, item_id)
             plan = await session.get(Plan, item.plan_id) if item else None
             if item is None or plan is None or not await _owns(session, user_id, plan) or plan.status != "active":
@@ -177,13 +196,13 @@ class PlanService:
         return await self.load(user_id, now)
 
     async def cancel(self, user_id: int, now: datetime) -> bool:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             plan = (await session.exec(select(Plan).where(await _owned_by(session, user_id),
                                                           Plan.status == "active"))).first()
             if plan is None:
                 return False
             # A cancelled plan is no longer needed, and it holds the sealed number: delete it outright.
-            await self.rt.jobs.cancel(f"plan:{plan.id}:", session)
+            await self.jobs.cancel(f"plan:{plan.id}:", session)
             await session.exec(delete(PlanItem).where(col(PlanItem.plan_id) == plan.id))
             await session.delete(plan)
             await session.commit()
@@ -191,7 +210,7 @@ class PlanService:
 
     async def _reminder(self, job: Job, now: datetime) -> JobOutcome | None:
         payload = json.loads(job.payload)
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             plan = await session.get(Plan, int(payload["plan_id"]))
             # The person's most recent identity: they may have come back in another session or channel.
             target = await recipient(session, plan.person_id, plan.user_id) if plan else None
@@ -203,7 +222,7 @@ class PlanService:
                 return None
             items = list((await session.exec(select(PlanItem).where(PlanItem.plan_id == plan.id)
                                              .order_by(col(PlanItem.position)))).all())
-        still_bound = await self._bound_own(self.rt.vault.reveal(plan.phone_enc))
+        still_bound = await self._bound_own(self.vault.reveal(plan.phone_enc))
         label = str(payload["label"])
         user_id, channel, plan_id = user.id, user.channel, plan.id
 
@@ -226,6 +245,6 @@ class PlanService:
                 key = "plan.reminder" if open_items else "plan.reminder_all_done"
                 replies = [Reply(Msg(key, {"when": when, "date": plan.target_date, "count": len(open_items),
                                            "lines": lines}))]
-            await self.rt.dispatcher.stage_push(session, user_id, replies, channel=channel)  # type: ignore[arg-type]
+            await self.stage_push(session, user_id, replies, channel=channel)  # type: ignore[arg-type]
 
         return JobOutcome(stage=stage)

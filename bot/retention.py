@@ -14,6 +14,8 @@ from sqlmodel import col, delete, or_, select
 
 from bot.storage import (
     AbuseCounter,
+    Broadcast,
+    BroadcastRecipient,
     ConsentRecord,
     Conversation,
     Database,
@@ -48,6 +50,8 @@ FINISHED_PLAN_DAYS = 30
 EFFECT_OUTCOME_DAYS = 1
 # WeChat's longest customer-service window is 48 h; older sends count for nothing.
 CS_SEND_DAYS = 2
+# Who got a broadcast (a row per recipient) is kept a month after it ends; its counts and report stay.
+BROADCAST_RECIPIENT_DAYS = 30
 
 
 async def purge_expired(db: Database, now: datetime | None = None) -> int:
@@ -71,6 +75,10 @@ async def purge_expired(db: Database, now: datetime | None = None) -> int:
             await session.exec(delete(PlanItem).where(col(PlanItem.plan_id).in_(done)))
             await session.exec(delete(Plan).where(col(Plan.id).in_(done)))
             removed += len(done)
+        ended = select(Broadcast.id).where(col(Broadcast.status).in_(("done", "cancelled")),
+                                           col(Broadcast.finished_at) < now - timedelta(days=BROADCAST_RECIPIENT_DAYS))
+        result = await session.exec(delete(BroadcastRecipient).where(col(BroadcastRecipient.broadcast_id).in_(ended)))
+        removed += int(result.rowcount or 0)
         await session.commit()
     if removed:
         log.info("expired personal data purged", extra={"rows": removed})

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
+from bot import escalation
 from bot.abuse import Limits, counters_for
 from bot.budgets import Budget, budget_for
 from bot.config import Settings
-from bot.dispatch import Dispatcher
-from bot.effects import EffectRunner
+from bot.dispatch import Dispatcher, Pushes
+from bot.effects import EffectRunner, EscalationHooks
 from bot.i18n import Catalog
 from bot.jobs import JobScheduler
 from bot.locks import KeyedLocks
 from bot.otp import OtpService
 from bot.people import PeopleService
 from bot.plans import PlanService
+from bot.repository import Repository
 from bot.step_store import StepStore, step_store_for
 from bot.storage import Database
 from bot.unbind_requests import UnbindService
@@ -52,23 +56,42 @@ class Runtime:
     unbind: UnbindService = field(init=False)
     jobs: JobScheduler = field(init=False)
     plans: PlanService = field(init=False)
+    # Messages the user did not ask for, queued in the outbox (status changes, reminders, staff replies).
+    pushes: Pushes = field(init=False)
+    # What the channel adapters read and write about users, the outbox and staff topics (bot/repository.py).
+    repository: Repository = field(init=False)
     # Channels' bot-wide send rates, shared by every worker (bot/budgets.py).
     budget: Budget = field(init=False)
     # Set by bot.staff.setup_staff when the app is built (staff handoff, issue 13).
     tickets: TicketService | None = None
 
     def __post_init__(self) -> None:
-        self.limits = Limits(counters_for(self.db, self.settings.redis_url), self.vault)
-        self.people = PeopleService(self)
-        self.otp = OtpService(self.db, self.vault, self.sms, self.settings, self.limits)
-        self.effects = EffectRunner(self)
-        self.steps = step_store_for(self.db)
-        self.dispatcher = Dispatcher(steps=self.steps, locks=self.locks, db=self.db, effects=self.effects,
-                                     catalog=self.catalog, settings=self.settings, vault=self.vault)
-        self.unbind = UnbindService(self)
-        self.jobs = JobScheduler(self.db, lease_seconds=self.settings.job_lease_seconds)
-        self.plans = PlanService(self)
-        self.budget = budget_for(self.db, self.settings.redis_url)
+        # Each service gets what it uses. The registry client is replaced once the port is bound (bot/server.py
+        # `serving`) and the ticket service is mounted later (bot/staff), so those two are passed as providers.
+        registry: Callable[[], RegistryClient] = lambda: self.registry  # noqa: E731
+        settings, db, vault = self.settings, self.db, self.vault
+        self.limits = Limits(counters_for(db, settings.redis_url), vault)
+        self.jobs = JobScheduler(db, lease_seconds=settings.job_lease_seconds)
+        self.pushes = Pushes(db, self.catalog)
+        self.people = PeopleService(db, vault, self.jobs, registry)
+        self.otp = OtpService(db, vault, self.sms, settings, self.limits)
+        self.unbind = UnbindService(db=db, vault=vault, registry=registry, callback_url=lambda: self.callback_url,
+                                    push=self.pushes.push, schedule_rungs=partial(escalation.schedule_rungs, self))
+        self.plans = PlanService(db=db, vault=vault, catalog=self.catalog, jobs=self.jobs, directory=self.directory,
+                                 registry=registry, stage_push=self.pushes.stage_push,
+                                 offsets_days=settings.reminder_offsets_days)
+        self.effects = EffectRunner(
+            db=db, vault=vault, catalog=self.catalog, settings=settings, limits=self.limits, registry=registry,
+            directory=self.directory, otp=self.otp, people=self.people, unbind=self.unbind, plans=self.plans,
+            escalation=EscalationHooks(with_appeals=partial(escalation.with_appeals, self),
+                                       carrier_of=partial(escalation.carrier_of, self),
+                                       schedule_overdue=partial(escalation.schedule_overdue, self)),
+            tickets=lambda: self.tickets)
+        self.steps = step_store_for(db)
+        self.dispatcher = Dispatcher(steps=self.steps, locks=self.locks, db=db, effects=self.effects,
+                                     catalog=self.catalog, settings=settings, vault=vault, pushes=self.pushes)
+        self.budget = budget_for(db, settings.redis_url)
+        self.repository = Repository(db, vault)
 
     @property
     def sandbox_sms(self) -> SandboxSmsGateway | None:

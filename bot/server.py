@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from bot import identities, metrics
+from bot.broadcasts import setup_broadcasts
 from bot.config import Settings
 from bot.i18n import Catalog
 from bot.runtime import Runtime, build_sms
@@ -101,6 +102,8 @@ def create_app(settings: Settings) -> web.Application:
         from bot.channels.wechat import setup_wechat
 
         setup_wechat(app, rt)
+    # Broadcasts (issue 14): the service for the console and the engine that sends, through the channels above.
+    setup_broadcasts(app, rt)
     if settings.embedded_registry:
         from integrations.sandbox_registry.app import create_app as create_sandbox
 

@@ -406,6 +406,62 @@ class EffectOutcome(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, index=True)
 
 
+# --- broadcasts (issue 14): reminders an admin sends to many users, one state row per recipient ---
+class Broadcast(SQLModel, table=True):
+    """One broadcast: its texts per language, its segment, and where it stands. The counts live in
+    `broadcast_counts`; the recipients (fixed when it is created) in `broadcast_recipients`."""
+
+    __tablename__ = "broadcasts"
+    id: int | None = Field(default=None, primary_key=True)
+    texts: str = Field(sa_column=Column(Text, nullable=False))  # JSON {lang: text}
+    segment: str = Field(default="{}", sa_column=Column(Text, nullable=False))  # JSON
+    status: str = Field(default="draft", max_length=16)  # draft | scheduled | running | paused | done | cancelled
+    created_by: str = Field(default="", max_length=64)
+    recipients: int = 0
+    # Recipients per channel at creation, JSON {channel: n}.
+    by_channel: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    scheduled_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    # The send rate as last measured: messages settled since `rate_mark_at` (`rate_mark_done` then).
+    rate: float = 0.0
+    rate_mark_at: datetime | None = None
+    rate_mark_done: int = 0
+
+
+class BroadcastRecipient(SQLModel, table=True):
+    """One user's delivery of one broadcast: pending → sending (claimed, `claimed_at` the lease) → sent | failed
+    | unreachable. A retry goes back to pending with `not_before`."""
+
+    __tablename__ = "broadcast_recipients"
+    __table_args__ = (UniqueConstraint("broadcast_id", "user_id"),
+                      Index("ix_broadcast_recipients_todo", "broadcast_id", "channel", "status", "id"))
+    id: int | None = Field(default=None, primary_key=True)
+    broadcast_id: int = Field(foreign_key="broadcasts.id")
+    user_id: int
+    channel: str = Field(max_length=16)
+    status: str = Field(default="pending", max_length=16)
+    reason: str | None = Field(default=None, max_length=32)
+    attempts: int = 0
+    claim: str | None = Field(default=None, max_length=32)
+    claimed_at: datetime | None = None
+    not_before: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class BroadcastCount(SQLModel, table=True):
+    """Settled recipients by channel, outcome and reason: the progress figures and the CSV report, counted in
+    the transaction that settles them."""
+
+    __tablename__ = "broadcast_counts"
+    broadcast_id: int = Field(primary_key=True, foreign_key="broadcasts.id")
+    channel: str = Field(primary_key=True, max_length=16)
+    outcome: str = Field(primary_key=True, max_length=16)
+    reason: str = Field(default="", primary_key=True, max_length=32)
+    count: int = 0
+
+
 POOL_SIZE, POOL_OVERFLOW = 10, 10
 LOCK_SLOTS = 8
 
@@ -532,3 +588,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     for pragma in SQLITE_PRAGMAS:
         cursor.execute(pragma)
     cursor.close()
+
+
+# --- past one machine (issue 15): WeChat nonces seen by any worker, when there is no Redis ---
+class WeChatNonce(SQLModel, table=True):
+    """A (timestamp, nonce) pair a signed WeChat request carried, with the digest of that request: the same pair
+    again with the same digest is WeChat's retry, with another digest a replay. Kept only while the timestamp
+    could still pass the freshness check (bot/channels/wechat_crypto.py)."""
+
+    __tablename__ = "wechat_nonces"
+    nonce_key: str = Field(primary_key=True, max_length=80)  # "{timestamp}:{nonce}"
+    digest: str = Field(max_length=32)  # hex of the request digest
+    ts: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))

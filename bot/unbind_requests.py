@@ -8,8 +8,9 @@ import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlmodel import col, or_, select
 
@@ -17,13 +18,16 @@ from bot import escalation
 from bot.people import person_for_user, recipient
 from bot.storage import UnbindRequestRow, User, utcnow
 from bot.working_days import add_working_days
+from dialogs import results
 from dialogs.escalation import REASONS
 from dialogs.model import Lines, Localized, Msg, Reply
 from domain import beijing
 from integrations.registry import RegistryError, RegistryUnavailable, UnbindRefused, UnbindRequest
 
 if TYPE_CHECKING:
-    from bot.runtime import Runtime
+    from bot.storage import Database
+    from bot.vault import Vault
+    from integrations.registry import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +48,43 @@ def new_reference(moment: datetime) -> str:
     return f"HQ{beijing.today(moment):%Y%m%d}-{tail}"
 
 
+class Push(Protocol):
+    """Queues messages the user did not ask for (bot/dispatch.py Pushes.push)."""
+
+    async def __call__(self, user_id: int, replies: list[Reply], *, channel: str) -> Any: ...
+
+
 class UnbindService:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, *, db: Database, vault: Vault, registry: Callable[[], RegistryClient],
+                 callback_url: Callable[[], str | None], push: Push,
+                 schedule_rungs: Callable[[UnbindRequestRow, list[Mapping[str, Any]]], Awaitable[None]]) -> None:
+        self.db, self.vault, self.push = db, vault, push
+        # Both asked each time: they are known only once the server has bound its port (bot/server.py).
+        self._registry, self._callback_url = registry, callback_url
+        # The escalation ladder's reminders when a request ends rejected (bot/escalation.py schedule_rungs).
+        self.schedule_rungs = schedule_rungs
+
+    @property
+    def registry(self) -> RegistryClient:
+        return self._registry()
 
     @property
     def callback_url(self) -> str | None:
-        return self.rt.callback_url
+        return self._callback_url()
 
     async def create(self, user_id: int, phone: str, phone_masked: str, platforms: list[str], tenure_start: date,
-                     now: datetime, delivery_key: str) -> dict[str, Any]:
+                     now: datetime, delivery_key: str) -> results.UnbindFiled:
         """Files one request per delivery: a replay of the same delivery finds the row (and the registry finds
         the same idempotency key) and answers with the first outcome instead of filing again."""
         key = idempotency_key(delivery_key)
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             row = (await session.exec(select(UnbindRequestRow).where(
                 UnbindRequestRow.idempotency_key == key))).first()
             if row is None:
                 due = add_working_days(beijing.today(now), 5)
                 row = UnbindRequestRow(
-                    reference=new_reference(now), user_id=user_id, phone_hash=self.rt.vault.keyed_hash(phone),
-                    phone_enc=self.rt.vault.seal(phone), phone_masked=phone_masked, platforms=json.dumps(platforms),
+                    reference=new_reference(now), user_id=user_id, phone_hash=self.vault.keyed_hash(phone),
+                    phone_enc=self.vault.seal(phone), phone_masked=phone_masked, platforms=json.dumps(platforms),
                     tenure_start=tenure_start.isoformat(), idempotency_key=key, status="queued",
                     items=json.dumps([{"platform": p, "status": "queued"} for p in platforms]),
                     due_date=due.due.isoformat(), due_estimated=due.estimated, created_at=now, updated_at=now,
@@ -75,7 +95,7 @@ class UnbindService:
             else:
                 log.info("unbind request replayed", extra={"reference": row.reference})
         submitted = await self.submit(row.id) if row.status == "queued" else True  # type: ignore[arg-type]
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             fresh = await session.get(UnbindRequestRow, row.id)
         assert fresh is not None
         if fresh.status == "refused":
@@ -87,7 +107,7 @@ class UnbindService:
 
     async def submit(self, row_id: int) -> bool:
         """Sends a queued request; True once the registry has it. Safe to repeat (idempotency key)."""
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             row = await session.get(UnbindRequestRow, row_id)
             if row is None or row.status != "queued" or row.phone_enc is None:
                 return row is not None and row.status != "queued"
@@ -96,8 +116,8 @@ class UnbindService:
             await session.commit()
         # No database session is held across the registry call: a slow registry must not block other users.
         try:
-            answer = await self.rt.registry.create_unbind_request(
-                self.rt.vault.reveal(row.phone_enc), json.loads(row.platforms), date.fromisoformat(row.tenure_start),
+            answer = await self.registry.create_unbind_request(
+                self.vault.reveal(row.phone_enc), json.loads(row.platforms), date.fromisoformat(row.tenure_start),
                 row.idempotency_key, self.callback_url)
         except UnbindRefused as refused:
             row.status = "refused"
@@ -112,7 +132,7 @@ class UnbindService:
             log.info("unbind request submitted", extra={"reference": row.reference, "registry_id": answer.id})
         row.phone_enc = None  # the registry has it now; we keep only the hash and the masked form
         row.updated_at = utcnow()
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             session.add(row)
             await session.commit()
         return True
@@ -132,7 +152,7 @@ class UnbindService:
         Monotone: a final status is final, a status behind the one we hold is ignored, and a callback repeating
         (request, status, time) is a duplicate, so a replayed or reordered callback never moves a request back
         or pushes its message twice."""
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             row = (await session.exec(select(UnbindRequestRow).where(
                 UnbindRequestRow.registry_id == answer.id))).first()
             if row is None:
@@ -156,7 +176,7 @@ class UnbindService:
         return True
 
     async def _notify(self, row: UnbindRequestRow, *, submitted_late: bool = False) -> None:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             # The person's most recent identity hears of it: they may have come back in another session or channel.
             target = await recipient(session, row.person_id, row.user_id)
             user = await session.get(User, target) if target is not None else None
@@ -166,23 +186,23 @@ class UnbindService:
         items = json.loads(row.items)
         lines = Lines(tuple(_status_line(names.get(i["platform"], Localized(i["platform"], i["platform"])), i)
                             for i in items))
-        await escalation.schedule_rungs(self.rt, row, items)
+        await self.schedule_rungs(row, items)
         key = "unbind.update.submitted_late" if submitted_late else f"unbind.update.{row.status}"
         if row.status == "done" and any(i["status"] == "rejected" for i in items):
             key = "unbind.update.done_partly"  # says where the ones that failed go next (issue 12)
-        await self.rt.dispatcher.push(user.id, [Reply(Msg(key, {"reference": row.reference, "lines": lines}))],  # type: ignore[arg-type]
-                                      channel=user.channel)
+        await self.push(user.id, [Reply(Msg(key, {"reference": row.reference, "lines": lines}))],  # type: ignore[arg-type]
+                        channel=user.channel)
 
     async def _names(self) -> dict[str, Localized]:
         try:
-            return {p.id: Localized(p.name_zh, p.name_en) for p in await self.rt.registry.platforms()}
+            return {p.id: Localized(p.name_zh, p.name_en) for p in await self.registry.platforms()}
         except RegistryError:
             return {}
 
     async def list_for(self, user_id: int) -> list[dict[str, Any]]:
         """The requests of the person this identity verified as (any session or channel, this tenure only),
         plus any it filed itself."""
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             person_id = await person_for_user(session, user_id)
             owner = col(UnbindRequestRow.user_id) == user_id
             if person_id is not None:
@@ -205,21 +225,21 @@ class UnbindService:
         return out
 
     async def submit_queued(self) -> int:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             ids = (await session.exec(select(UnbindRequestRow.id).where(UnbindRequestRow.status == "queued"))).all()
         sent = 0
         for row_id in ids:
             assert row_id is not None
             if await self.submit(row_id):
                 sent += 1
-                async with self.rt.db.session() as session:
+                async with self.db.session() as session:
                     row = await session.get(UnbindRequestRow, row_id)
                 if row is not None and (row.user_id is not None or row.person_id is not None):
                     await self._notify(row, submitted_late=True)
         return sent
 
     async def poll_open(self) -> int:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             rows = (await session.exec(select(UnbindRequestRow).where(
                 col(UnbindRequestRow.registry_id).is_not(None),
                 col(UnbindRequestRow.status).not_in(FINAL)))).all()
@@ -227,7 +247,7 @@ class UnbindService:
         for row in rows:
             assert row.registry_id is not None
             try:
-                answer = await self.rt.registry.get_unbind_request(row.registry_id)
+                answer = await self.registry.get_unbind_request(row.registry_id)
             except RegistryError:
                 log.warning("poll failed", extra={"reference": row.reference})
                 continue

@@ -2,7 +2,8 @@
 worker class. No home-made process manager: gunicorn forks, restarts a dead worker and drains on SIGTERM.
 
 Workers share nothing in memory. What must be shared lives in PostgreSQL (state, jobs, per-user advisory locks,
-the WeChat access token) and, when REDIS_URL is set, Redis (WeChat nonces, live staff updates, counters).
+the WeChat access token, and WeChat nonces without Redis) and, when REDIS_URL is set, Redis (WeChat nonces, live
+staff updates, counters).
 A configuration that only works in one process (SQLite, long polling, the embedded sandbox) is refused with a
 message that names the setting to change.
 """
@@ -70,6 +71,7 @@ async def worker_app() -> web.AppRunner:
 
     settings = Settings()
     app = create_app(settings)
+    share_wechat_nonces(app)
 
     async def bound(_app: web.Application) -> None:
         await serving(app, settings, settings.port)
@@ -77,6 +79,17 @@ async def worker_app() -> web.AppRunner:
     app.on_startup.append(bound)
     # Drain in-flight requests for most of the graceful window, leaving time to hand back claimed jobs.
     return web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=GRACEFUL_SECONDS * 0.6)
+
+
+def share_wechat_nonces(app: web.Application) -> None:
+    """A replayed WeChat request may reach any worker: without Redis, the nonces seen go to the shared database
+    (bot/channels/wechat_crypto.py SharedNonces), not only to this process's memory."""
+    from bot.channels.wechat import WECHAT
+    from bot.web.chat import RUNTIME
+
+    channel = app.get(WECHAT)
+    if channel is not None:
+        channel.nonces.share_through(app[RUNTIME].db)
 
 
 def serve(settings: Settings, workers: int) -> int:

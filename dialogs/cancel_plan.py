@@ -14,6 +14,7 @@ from typing import Any
 
 from dialogs.dates import parse_plan_date
 from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Lines, Localized, MenuEntry, Msg, Reply, Step
+from dialogs.results import PlanView, answer
 from dialogs.verify import verified_recently
 from domain import beijing
 
@@ -120,8 +121,9 @@ def _with_plan(ctx: Ctx, plan: Mapping[str, Any], *before: Reply) -> Step:
 
 def _marked(ctx: Ctx) -> Step:
     """A tick or snooze came back: say what changed in one line."""
-    plan = ctx.event.result.get("plan")
-    if not ctx.event.result.get("ok") or not isinstance(plan, dict):
+    view = answer(ctx.event, PlanView)
+    plan = view.get("plan")
+    if not view.get("ok") or not isinstance(plan, dict):
         return Step(VIEW, ctx.with_data(plan_item=None),
                     (Reply(Msg("lookup.unavailable"), error=True), _view_reply(ctx)))
     data = ctx.with_data(plan=dict(plan), plan_item=None)
@@ -186,8 +188,9 @@ def _typed(ctx: Ctx) -> Step | None:
 def _view(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "result" and event.effect == "plan.load":
-        plan = event.result.get("plan")
-        if not event.result.get("ok"):
+        loaded = answer(event, PlanView)
+        plan = loaded.get("plan")
+        if not loaded.get("ok"):
             return Step("@menu", ctx.data, (Reply(Msg("lookup.unavailable"), error=True),))
         if not plan:
             data = ctx.with_data(plan=None)

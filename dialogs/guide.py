@@ -3,10 +3,11 @@ PIPL Art. 47 deletion request plus new-holder statement the user can copy."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Localized, MenuEntry, Msg, Param, Reply, Step
+from dialogs.results import GuideList, GuidePlatform, LetterNumber, answer
 from dialogs.verify import verified_recently
 
 CATEGORY = "guide.category"
@@ -37,7 +38,7 @@ def _category_reply() -> Reply:
                   Choice("menu", Msg("common.back_to_menu"))))
 
 
-def _pick_reply(items: list[Mapping[str, Any]], intro: bool = False) -> Reply:
+def _pick_reply(items: Sequence[Mapping[str, Any]], intro: bool = False) -> Reply:
     choices = tuple(Choice(f"g:{i['id']}", Msg("guide.platform_choice",
                                                 {"name": Localized(str(i["name_zh"]), str(i["name_en"]))}))
                     for i in items[:30])
@@ -85,12 +86,13 @@ def _letter(ctx: Ctx, phone: str = "") -> Reply:
 def _common(ctx: Ctx, state: str) -> Step | None:
     event = ctx.event
     if event.kind == "result" and event.effect == "guide.list":
-        items = list(event.result.get("platforms", []))
+        items = list(answer(event, GuideList).get("platforms", []))
         return Step(PICK, ctx.with_data(guide_list=items), (_pick_reply(items),))
     if event.kind == "result" and event.effect == "guide.platform":
-        if not event.result.get("ok"):
+        found = answer(event, GuidePlatform)
+        if not found.get("ok"):
             return Step(CATEGORY, ctx.data, (Reply(Msg("guide.not_found"), error=True), _category_reply()))
-        data = ctx.with_data(guide_platform=dict(event.result["platform"]))
+        data = ctx.with_data(guide_platform=dict(found["platform"]))
         return Step(DETAIL, data, (_detail_reply(Ctx(DETAIL, data, event)),))
     if event.kind == "choice":
         if event.choice.startswith("c:") and event.choice[2:] in CATEGORIES:
@@ -122,7 +124,7 @@ def _detail(ctx: Ctx) -> Step:
             return Step(DETAIL, ctx.data, (), (Effect("guide.letter", {"verification_id": verified.get("id")}),))
         return Step(DETAIL, ctx.data, (_letter(ctx),))
     if event.kind == "result" and event.effect == "guide.letter":
-        return Step(DETAIL, ctx.data, (_letter(ctx, str(event.result.get("phone") or "")),))
+        return Step(DETAIL, ctx.data, (_letter(ctx, str(answer(event, LetterNumber).get("phone") or "")),))
     if event.kind == "choice" and event.choice == "detail":
         return Step(DETAIL, ctx.data, (_detail_reply(ctx),))
     if event.kind == "choice" and event.choice == "list" and ctx.data.get("guide_list"):

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Lines, Localized, MenuEntry, Msg, Param, Reply, Step
+from dialogs.results import Lookup, answer
 from dialogs.verify import verified_recently
 
 LOOKUP = "lookup"
@@ -53,7 +54,7 @@ def _lookup(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind != "result" or event.effect != "registry.lookup":
         return Step(LOOKUP, ctx.data, (Reply(Msg("lookup.working")),))
-    result = event.result
+    result = answer(event, Lookup)
     if not result.get("ok"):
         reason = str(result.get("reason", "unavailable"))
         key = {"unknown": "lookup.unknown", "not_assigned": "lookup.not_assigned"}.get(reason, "lookup.unavailable")

@@ -11,6 +11,7 @@ import unicodedata
 
 from dialogs.idcard import validate_id_number
 from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Msg, Reply, Step
+from dialogs.results import HolderChecked, NameStashed, answer
 from dialogs.verify import recent
 
 NAME = "realname.name"
@@ -55,7 +56,7 @@ def _confirm_reply(ctx: Ctx) -> Reply:
 def _name(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "result" and event.effect == "realname.stash":
-        return Step(ID, ctx.with_data(name_masked=str(event.result.get("masked", ""))), (_id_reply(),))
+        return Step(ID, ctx.with_data(name_masked=str(answer(event, NameStashed).get("masked", ""))), (_id_reply(),))
     if event.kind == "result" and event.effect == "realname.check":
         return _checked(ctx)
     if event.kind == "choice" and event.choice == "menu":
@@ -105,7 +106,7 @@ def _id(ctx: Ctx) -> Step:
 
 
 def _checked(ctx: Ctx) -> Step:
-    result = ctx.event.result
+    result = answer(ctx.event, HolderChecked)
     if result.get("ok") and result.get("match"):
         pending = {"masked": str(result["masked"]), "tenure_start": str(result["tenure_start"]),
                    "check_id": int(result["check_id"])}

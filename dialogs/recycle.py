@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dialogs.model import Choice, Ctx, Edge, Effect, Flow, MenuEntry, Msg, Param, Reply, Step
 from dialogs.phones import parse_mainland_mobile
+from dialogs.results import RecycleAnswer, answer
 
 PHONE = "recycle.phone"
 DONE = "recycle.done"
@@ -54,7 +55,7 @@ def _phone(ctx: Ctx) -> Step:
 
 
 def _answer(ctx: Ctx) -> Step:
-    result = ctx.event.result
+    result = answer(ctx.event, RecycleAnswer)
     if not result.get("ok"):
         reason = str(result.get("reason", "unavailable"))
         if reason == "rate_limited":

@@ -9,6 +9,7 @@ from typing import Any
 
 from dialogs import escalation
 from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Lines, Localized, MenuEntry, Msg, Reply, Step
+from dialogs.results import RequestList, answer
 from domain import beijing
 
 VIEW = "requests.view"
@@ -89,9 +90,10 @@ def _ladder_reply(ctx: Ctx) -> Reply:
 def _view(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "result" and event.effect == "requests.list":
-        items = list(event.result.get("items", []))
-        tags = [Reply(_tag(t)) for t in list(event.result.get("tags", []))[:5]]
-        data = ctx.with_data(requests_items=items[:10] or None, requests_carrier=event.result.get("carrier") or None)
+        listed = answer(event, RequestList)
+        items = list(listed.get("items", []))
+        tags = [Reply(_tag(t)) for t in list(listed.get("tags", []))[:5]]
+        data = ctx.with_data(requests_items=items[:10] or None, requests_carrier=listed.get("carrier") or None)
         fresh = Ctx(VIEW, data, event)
         if not items:
             return Step(VIEW, data, (*tags, Reply(Msg("requests.none"), _choices())))

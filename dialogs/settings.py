@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dialogs.model import LANGS, Choice, Ctx, Edge, Effect, Flow, MenuEntry, Msg, Reply, Step
+from dialogs.results import Forgotten, answer
 
 SETTINGS = "settings"
 LANGUAGE = "settings.language"
@@ -85,7 +86,7 @@ def _language(ctx: Ctx) -> Step:
 def _forget(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "result" and event.effect == "data.forget":
-        kept = int(event.result.get("kept_requests", 0))
+        kept = int(answer(event, Forgotten).get("kept_requests", 0))
         data = {key: ctx.data[key] for key in ("lang",) if key in ctx.data}
         note = Msg("settings.forgotten_kept", {"count": kept}) if kept else Msg("settings.forgotten")
         return Step("@menu", data, (Reply(note),))

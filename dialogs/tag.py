@@ -13,6 +13,7 @@ from typing import Any
 
 from dialogs.model import Choice, Ctx, Edge, Effect, Flow, MenuEntry, Msg, Reply, Step
 from dialogs.realname import checked_recently
+from dialogs.results import TagStatement, TagStatus, answer
 from dialogs.verify import verified_recently
 
 PICK = "tag.pick"
@@ -95,10 +96,11 @@ def _lookup(ctx: Ctx, raw: str) -> Step:
 def _pick(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "result" and event.effect == "tag.status":
-        if not event.result.get("ok"):
+        status = answer(event, TagStatus)
+        if not status.get("ok"):
             return Step("@menu", ctx.data, (Reply(Msg("lookup.unavailable"), error=True),))
-        data = ctx.with_data(tag_status={"labelled": bool(event.result.get("labelled")),
-                                         "existing": dict(event.result.get("existing") or {})})
+        data = ctx.with_data(tag_status={"labelled": bool(status.get("labelled")),
+                                         "existing": dict(status.get("existing") or {})})
         return Step(PICK, data, (_pick_reply(Ctx(PICK, data, event)),))
     if event.kind == "choice" and event.choice in KINDS:
         offered = {c.id for c in _pick_reply(ctx).choices}
@@ -118,7 +120,7 @@ def _pick(ctx: Ctx) -> Step:
 def _preview(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "result" and event.effect == "tag.create":
-        result = event.result
+        result = answer(event, TagStatement)
         if not result.get("ok"):
             return Step("@menu", ctx.data, (Reply(Msg("lookup.unavailable"), error=True),))
         return Step("@menu", ctx.with_data(tag_preview=None, tag_status=None),
@@ -137,7 +139,7 @@ def _preview(ctx: Ctx) -> Step:
 def _check(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "result" and event.effect == "tag.lookup":
-        result = event.result
+        result = answer(event, TagStatement)
         if not result.get("ok"):
             key = "tag.not_found" if result.get("reason") == "not_found" else "lookup.unavailable"
             return Step(CHECK, ctx.data, (Reply(Msg(key), error=True), _check_reply()))

@@ -9,6 +9,7 @@ from typing import Any
 from dialogs.escalation import REASONS
 from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Lines, Localized, MenuEntry, Msg, Reply, Step
 from dialogs.realname import checked_recently
+from dialogs.results import UnbindFiled, UnbindOptions, answer
 from dialogs.verify import verified_recently
 
 PICK = "unbind.pick"
@@ -109,9 +110,11 @@ def _done_reply() -> Reply:
 def _pick(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "result" and event.effect == "unbind.options":
-        if not event.result.get("ok"):
+        options_found = answer(event, UnbindOptions)
+        if not options_found.get("ok"):
             return Step("@menu", ctx.data, (Reply(Msg("lookup.unavailable"), error=True),))
-        options = {"eligible": list(event.result.get("eligible", [])), "manual": list(event.result.get("manual", []))}
+        options = {"eligible": list(options_found.get("eligible", [])),
+                   "manual": list(options_found.get("manual", []))}
         data = ctx.with_data(unbind_options=options)
         return Step(PICK, data, (_pick_reply(Ctx(PICK, data, event)),))
     fresh, _pending, rejected = _groups(ctx)
@@ -156,7 +159,7 @@ def _file(data: Mapping[str, Any], state: str) -> Step:
 
 
 def _created(ctx: Ctx) -> Step:
-    result = ctx.event.result
+    result = answer(ctx.event, UnbindFiled)
     data = ctx.with_data(unbind_selected=None)
     if not result.get("ok"):
         key = "unbind.nothing_eligible" if result.get("reason") == "nothing_eligible" else "lookup.unavailable"

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Msg, Reply, Step
 from dialogs.phones import parse_mainland_mobile
+from dialogs.results import CodeChecked, CodeSent, answer
 
 CONSENT = "verify.consent"
 PHONE = "verify.phone"
@@ -105,7 +106,7 @@ def _record(accepted: bool) -> Effect:
 
 
 def _send_failure(ctx: Ctx, state: str) -> Step:
-    result = ctx.event.result
+    result = answer(ctx.event, CodeSent)
     reason = str(result.get("reason", "failed"))
     params: dict[str, int | str] = {"seconds": int(result.get("retry_in", 0))}
     key = {
@@ -119,7 +120,7 @@ def _send_failure(ctx: Ctx, state: str) -> Step:
 
 
 def _sent(ctx: Ctx) -> Step:
-    result = ctx.event.result
+    result = answer(ctx.event, CodeSent)
     masked = str(result["masked"])
     data = ctx.with_data(challenge_id=int(result["challenge_id"]), phone_masked=masked)
     return Step(CODE, data, (_code_reply(masked),))
@@ -186,7 +187,7 @@ def _masked(ctx: Ctx) -> str:
 
 
 def _checked(ctx: Ctx) -> Step:
-    result = ctx.event.result
+    result = answer(ctx.event, CodeChecked)
     if result.get("ok"):
         return _verified(ctx)
     reason = str(result.get("reason", "wrong"))
@@ -199,7 +200,7 @@ def _checked(ctx: Ctx) -> Step:
 
 
 def _verified(ctx: Ctx) -> Step:
-    result = ctx.event.result
+    result = answer(ctx.event, CodeChecked)
     if not result.get("ok"):
         return Step(PHONE, ctx.data, (Reply(Msg("verify.sms.failed"), error=True), _phone_reply()))
     masked = str(result["masked"])

@@ -18,7 +18,7 @@ import pytest
 from bot.config import Settings
 from bot.server import RunningServer, start_server
 from bot.structured_logs import JsonFormatter
-from tests.sandbox_template import provide_sandbox_population
+from tests.sandbox_template import provide_sandbox_population, provide_schema
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -29,6 +29,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
     if settings.embedded_registry:
         provide_sandbox_population(settings.data_dir)
+    if not settings.database_url:  # SQLite under DATA_DIR: start from the migrated copy (tests/sandbox_template.py)
+        provide_schema(settings.data_dir)
     return settings
 
 

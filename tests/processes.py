@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.sandbox_template import provide_sandbox_population
+from tests.sandbox_template import provide_sandbox_population, provide_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +26,8 @@ async def start_bot(port: int, env: dict[str, str], probe: str = "/readyz") -> a
     full_env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "LOG_LEVEL": "WARNING", **env}
     if full_env.get("DATA_DIR") and not full_env.get("REGISTRY_URL"):
         provide_sandbox_population(Path(full_env["DATA_DIR"]))
+    if full_env.get("DATA_DIR") and not full_env.get("DATABASE_URL"):
+        provide_schema(Path(full_env["DATA_DIR"]))  # migrated to head, as a first start would leave it
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "run", cwd=ROOT, env=full_env,
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     await wait_ready(f"http://127.0.0.1:{port}{probe}", proc)

@@ -107,3 +107,73 @@ async def test_two_schedulers_share_jobs_with_skip_locked(pg_url: str) -> None:
     assert sum(done) == 80 and sorted(runs) == sorted(f"pg-{i}" for i in range(80))
     for db in databases:
         await db.close()
+
+
+async def test_the_asyncpg_step_store_keeps_the_step_contract(pg_url: str) -> None:
+    """The PostgreSQL step store (one statement per operation): a delivery seen before gets its first answer, a
+    stale version changes nothing, another user's delivery id is never replayed to them, numbers stay dense, and
+    its advisory lock excludes the ORM's for the same user."""
+    import json
+
+    from bot.step_store import AsyncpgStepStore, ConflictError, step_store_for
+    from bot.storage import Database
+
+    db = Database(pg_url)
+    await db.create_all()
+    store = step_store_for(db)
+    assert isinstance(store, AsyncpgStepStore)
+    try:
+        alice = await store.resolve_user("web", "alice-ref", "zh_CN", True)
+        bob = await store.resolve_user("web", "bob-ref", "en", True)
+        assert alice is not None and bob is not None and alice.id != bob.id
+        assert await store.resolve_user("web", "alice-ref", "en", True) == alice
+        assert await store.resolve_user("web", "nobody", "en", False) is None
+
+        first = await store.begin(alice.id, "web", "k1", alice.lang)
+        assert first.answer is None and first.version is None and json.loads(first.data) == {"lang": "zh_CN"}
+        payloads = [{"text": "你好", "choices": []}, {"text": "菜单", "choices": [{"id": "a", "label": "甲"}]}]
+        await store.commit(alice.id, None, "menu", '{"lang": "zh_CN"}', payloads, first.inbox_id, "web", "zh_CN",
+                           True)
+        assert [p["seq"] for p in payloads] == [1, 2]
+        again = await store.begin(alice.id, "web", "k1", alice.lang)
+        assert again.answer == payloads, "a delivery seen before gets its first answer, numbers included"
+        stored = await store.messages_after(alice.id, 0, 10)
+        assert [json.loads(row) for row in stored] == payloads
+
+        # A stale version: nothing of the step is kept, and the inbox row stays unanswered.
+        second = await store.begin(alice.id, "web", "k2", alice.lang)
+        assert second.version == 1 and second.state == "menu"
+        with pytest.raises(ConflictError):
+            await store.commit(alice.id, 0, "other", "{}", [{"text": "x", "choices": []}], second.inbox_id, "web",
+                               None, True)
+        assert len(await store.messages_after(alice.id, 0, 10)) == 2
+        await store.commit(alice.id, 1, "settings", "{}", [{"text": "y", "choices": []}], second.inbox_id, "web",
+                           None, False)
+        assert (await store.begin(alice.id, "web", "k2", alice.lang)).answer == [
+            {"seq": 3, "text": "y", "choices": []}]
+
+        # Bob sends a delivery id Alice used: processed for him, never answered with hers.
+        theirs = await store.begin(bob.id, "web", "k1", bob.lang)
+        assert theirs.answer is None and theirs.inbox_id is None and theirs.version is None
+        seen = await store.last_seen("web", "alice-ref")
+        assert seen is not None and seen[0] == alice.id
+
+        # The store's advisory lock and the ORM's are the same lock.
+        order: list[str] = []
+
+        async def orm_holder() -> None:
+            async with db.user_lock(alice.id):
+                order.append("orm in")
+                await asyncio.sleep(0.3)
+                order.append("orm out")
+
+        holder = asyncio.create_task(orm_holder())
+        while not order:
+            await asyncio.sleep(0.01)
+        async with store.user_lock(alice.id):
+            order.append("store in")
+        await holder
+        assert order == ["orm in", "orm out", "store in"]
+    finally:
+        await store.close()
+        await db.close()

@@ -5,6 +5,7 @@ the audit log, and the `python -m bot staff` CLI."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -13,13 +14,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import pytest
 from sqlmodel import select
 
+from bot.config import Settings
 from bot.server import RunningServer, start_server
-from bot.staff import cli
+from bot.staff import auth, cli
 from bot.storage import Conversation, StaffAudit, Ticket, TicketMessage
 from tests.conftest import Chat, make_settings
 from tests.processes import ROOT
@@ -36,10 +39,23 @@ class Clock:
         return self.now
 
 
+_HASHED: dict[str, str] = {}
+_HASH = auth.hash_password
+
+
+def _hash_once(password: str) -> str:
+    """An argon2 hash costs 0.4 s of CPU, and accounts are made by the dozen: each password is hashed once per
+    test process (salt included), which any login then verifies for real. Only add_staff uses this."""
+    if password not in _HASHED:
+        _HASHED[password] = _HASH(password)
+    return _HASHED[password]
+
+
 async def add_staff(srv: Any, name: str, role: str = "staff", password: str = PASSWORD) -> None:
     """Through the CLI's own code, on the server's database (a RunningServer, or the Telegram tests' TgServer)."""
     settings = srv.runtime.settings if hasattr(srv, "runtime") else srv.rt.settings
-    code = await cli.run(["add", name, "--role", role], settings, io.StringIO(password + "\n"))
+    with mock.patch.object(auth, "hash_password", _hash_once):
+        code = await cli.run(["add", name, "--role", role], settings, io.StringIO(password + "\n"))
     assert code == 0
 
 
@@ -481,6 +497,8 @@ async def test_staff_cli_adds_lists_disables_and_changes_passwords(tmp_path: Pat
     env = {**os.environ, "DATA_DIR": str(tmp_path), "SECRET_KEY": "test-secret-key", "LOG_LEVEL": "WARNING"}
 
     async def run(*args: str, stdin: str = "") -> tuple[int, str, str]:
+        """`python -m bot staff ARGS` as an operator runs it: a process of its own, the settings from the
+        environment, the password on standard input."""
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "staff", *args, cwd=ROOT, env=env,
                                                     stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE)
@@ -488,12 +506,23 @@ async def test_staff_cli_adds_lists_disables_and_changes_passwords(tmp_path: Pat
         assert proc.returncode is not None
         return proc.returncode, out.decode(), err.decode()
 
+    async def run_here(*args: str, stdin: str = "") -> tuple[int, str, str]:
+        """The same command through the same function (bot.staff.cli.run) in this process: an interpreter start
+        costs some 3 s of CPU, and the process boundary is what `run` covers (first use of a new data folder,
+        standard input, output and exit codes 0 and 1)."""
+        settings = Settings(_env_file=None, data_dir=tmp_path, secret_key="test-secret-key",  # type: ignore[call-arg]
+                            log_level="WARNING")
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = await cli.run(list(args), settings, io.StringIO(stdin))
+        return code, out.getvalue(), err.getvalue()
+
     assert (await run("add", "carol", "--role", "admin", stdin=PASSWORD + "\n"))[0] == 0
-    code, _out, err = await run("add", "carol", stdin=PASSWORD + "\n")
+    code, _out, err = await run_here("add", "carol", stdin=PASSWORD + "\n")
     assert code == 1 and "exists already" in err
-    code, _out, err = await run("add", "dave", stdin="short\n")
+    code, _out, err = await run_here("add", "dave", stdin="short\n")
     assert code == 2 and "at least" in err
-    assert (await run("add", "dave", "--role", "staff", stdin=PASSWORD + "\n"))[0] == 0
+    assert (await run_here("add", "dave", "--role", "staff", stdin=PASSWORD + "\n"))[0] == 0
     code, out, _err = await run("list")
     assert code == 0 and "carol\tadmin\tactive" in out and "dave\tstaff\tactive" in out
     assert PASSWORD not in out
@@ -502,10 +531,10 @@ async def test_staff_cli_adds_lists_disables_and_changes_passwords(tmp_path: Pat
     member = Staff(srv.url)
     try:
         assert (await member.login("carol"))["role"] == "admin"
-        assert (await run("passwd", "carol", stdin="a brand new password\n"))[0] == 0
+        assert (await run_here("passwd", "carol", stdin="a brand new password\n"))[0] == 0
         await member.get("/staff/api/tickets?status=open", expect=401)  # passwd ends open sessions
         await member.login("carol", "a brand new password")
-        assert (await run("disable", "carol"))[0] == 0
+        assert (await run_here("disable", "carol"))[0] == 0
         await member.get("/staff/api/tickets?status=open", expect=401)
         await member.login("carol", "a brand new password", expect=401)
         assert (await run("disable", "nobody"))[0] == 1

@@ -8,10 +8,12 @@ import json
 from typing import Any
 
 import pytest
-from telegram import Bot, InlineKeyboardMarkup, ReplyKeyboardMarkup, ReplyKeyboardRemove, Update
+from telegram import Bot, InlineKeyboardMarkup, ReplyKeyboardMarkup, ReplyKeyboardRemove
 from telegram.error import BadRequest, Forbidden, RetryAfter
 
-from bot.channels.telegram import ChatTurns, base_url, plan
+from bot.channels.telegram import ChatTurns, base_url
+from bot.channels.telegram_inbound import UpdatePlan
+from bot.channels.telegram_inbound import plan as read_plan
 from bot.channels.telegram_render import (
     CALLBACK_MAX_BYTES,
     encode_choice,
@@ -90,8 +92,14 @@ def test_long_texts_are_split_with_the_keyboard_on_the_last_part(catalog: Catalo
     assert [m.markup is None for m in messages] == [True, True, False]
 
 
-def _update(data: dict[str, Any]) -> Update:
-    return Update.de_json({"update_id": 1, **data}, None)  # type: ignore[arg-type]
+def _update(data: dict[str, Any]) -> dict[str, Any]:
+    return {"update_id": 1, **data}
+
+
+def plan(update: dict[str, Any]) -> UpdatePlan:
+    planned = read_plan(update)
+    assert planned is not None, update
+    return planned
 
 
 def test_updates_are_routed_by_kind() -> None:
@@ -118,6 +126,32 @@ def test_updates_are_routed_by_kind() -> None:
     assert plan(_update(pinned)).route == "ignore"
     lang = plan(_update(tg.message(5, text="hi", lang="en-GB")))
     assert lang.lang_hint == "en-GB"
+
+
+def test_a_press_carries_its_keyboard_and_a_group_message_whom_it_answers() -> None:
+    press = plan(_update(tg.callback(5, "menu", message_id=42, buttons=["menu", "lookup"]))).press
+    assert press is not None and press.message_id == 42 and press.buttons == ("menu", "lookup")
+    moved = plan(_update(tg.callback(5, "month:2031-02", buttons=["month:2031-03", "date:2031-02-01", "menu"])))
+    assert moved.press is not None and moved.press.extra_rows == ((("menu", "menu"),),)
+    group = {"id": -5, "type": "supergroup", "title": "g"}
+    reply = tg.message(-5, text="thanks", chat=group, reply_to_message={
+        "message_id": 1, "date": 1, "chat": group, "from": tg.BOT_USER, "text": "hi"})
+    assert plan(_update(reply)).reply_to_user == tg.BOT_USER["id"]
+
+
+@pytest.mark.parametrize("update", [
+    {"message": {"text": 1}},
+    {"message": {"message_id": 1, "date": 1, "chat": {"id": "five", "type": "private"}, "text": "hi"}},
+    {"message": {"message_id": 1, "date": 1, "chat": {"id": 5, "type": "private"}, "text": ["hi"]}},
+    {"message": {"message_id": 1, "date": 1, "chat": {"id": 5, "type": "private"}, "from": "me", "text": "hi"}},
+    {"message": {"message_id": 1, "date": 1, "chat": {"id": 5, "type": "private"}, "contact": {}}},
+    {"callback_query": {"id": "cq", "from": "not a user", "data": "x"}},
+    {"callback_query": {"id": 7, "from": {"id": 5, "is_bot": False, "first_name": "T"}}},
+    {"my_chat_member": {"chat": {"id": 5, "type": "private"}, "from": {"id": 5}, "new_chat_member": {}}},
+    {"update_id": "one", "message": {"message_id": 1, "date": 1, "chat": {"id": 5, "type": "private"}}},
+])
+def test_an_update_not_in_the_bot_apis_shape_is_not_understood(update: dict[str, Any]) -> None:
+    assert read_plan({"update_id": 1, **update}) is None
 
 
 def test_base_url_is_what_ptb_appends_the_token_to() -> None:

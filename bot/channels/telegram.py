@@ -30,19 +30,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from sqlmodel import col, select, update
-from telegram import (
-    CallbackQuery,
-    ChatMemberUpdated,
-    InlineKeyboardButton,
-    InlineKeyboardMarkup,
-    Message,
-    Update,
-)
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.request import BaseRequest
 
 from bot.budgets import LocalBudget
+from bot.channels.telegram_inbound import Press, UpdatePlan, addressed_to_bot, plan
 from bot.channels.telegram_render import (
     DATE_PREFIX,
     MONTH_PREFIX,
@@ -50,7 +43,6 @@ from bot.channels.telegram_render import (
     Outgoing,
     bot_commands,
     calendar_keyboard,
-    offered_ids,
     render_batch,
     resolve_choice,
     say,
@@ -58,10 +50,10 @@ from bot.channels.telegram_render import (
 from bot.channels.telegram_request import AiohttpRequest
 from bot.channels.telegram_send import CHANNEL, LeanBot, Limits, OutboxPump, Sender, Undeliverable, retry_after
 from bot.config import ConfigurationError, Settings
-from bot.dispatch import Incoming, pick_lang
+from bot.dispatch import Incoming, StepResult, pick_lang
 from bot.runtime import Runtime
 from bot.step_store import ConflictError
-from bot.storage import Conversation, User, storage_unavailable
+from bot.storage import storage_unavailable
 from dialogs.model import Event
 from domain import beijing
 
@@ -79,16 +71,6 @@ MAX_UPDATE_FAILURES = 3
 # What setWebhook accepts: an HTTPS URL on one of these ports, and a secret_token of these characters.
 WEBHOOK_PORTS = (443, 80, 88, 8443)
 _WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
-
-_MEDIA_FIELDS: tuple[tuple[str, str], ...] = (
-    ("photo", "photo"), ("live_photo", "photo"), ("sticker", "sticker"), ("voice", "voice"), ("audio", "voice"),
-    ("animation", "video"), ("video", "video"), ("video_note", "video"), ("document", "document"),
-    ("location", "location"), ("venue", "location"),
-)
-# Things a person sends that are neither text nor media we name; service messages are not among them.
-_OTHER_CONTENT = ("poll", "dice", "game", "story", "invoice", "paid_media", "checklist", "giveaway",
-                  "users_shared", "chat_shared", "web_app_data", "passport_data")
-
 
 def base_url(configured: str) -> str:
     """PTB wants the URL that the token is appended to: `http://host:port/bot`."""
@@ -175,91 +157,6 @@ class ChatTurns:
         return sum(1 for *_, future in self._waiting.get(chat_id, ()) if not future.done())
 
 
-Route = Literal["dispatch", "ignore", "group", "edited", "member", "callback_elsewhere"]
-
-
-@dataclass
-class UpdatePlan:
-    """What one update asks of us, worked out before any I/O."""
-
-    route: Route
-    chat_id: int = 0
-    event: Event | None = None
-    lang_hint: str | None = None
-    callback: CallbackQuery | None = None
-    member: ChatMemberUpdated | None = None
-    kind: str = ""
-
-
-def _media_kind(message: Message) -> str | None:
-    for attr, kind in _MEDIA_FIELDS:
-        if getattr(message, attr, None):
-            return kind
-    if any(getattr(message, attr, None) for attr in _OTHER_CONTENT):
-        return "other"
-    return None
-
-
-def _is_calendar(data: str) -> bool:
-    return data == NOOP or data.startswith((DATE_PREFIX, MONTH_PREFIX))
-
-
-def plan(update: Update) -> UpdatePlan:
-    if update.callback_query is not None:
-        cq = update.callback_query
-        lang = cq.from_user.language_code
-        chat = cq.message.chat if cq.message is not None else None
-        if chat is not None and chat.type != "private":
-            return UpdatePlan("callback_elsewhere", chat.id, callback=cq, lang_hint=lang, kind="callback")
-        if chat is None and cq.inline_message_id:
-            return UpdatePlan("callback_elsewhere", cq.from_user.id, callback=cq, lang_hint=lang, kind="callback")
-        return UpdatePlan("dispatch", chat.id if chat else cq.from_user.id, callback=cq, lang_hint=lang,
-                          kind="callback")
-    if update.my_chat_member is not None:
-        member = update.my_chat_member
-        return UpdatePlan("member", member.chat.id, member=member, lang_hint=member.from_user.language_code,
-                    kind="my_chat_member")
-    if update.edited_message is not None:
-        edited = update.edited_message
-        if edited.chat.type == "private":
-            lang = edited.from_user.language_code if edited.from_user else None
-            return UpdatePlan("edited", edited.chat.id, lang_hint=lang, kind="edited")
-        return UpdatePlan("ignore", kind="edited_group")
-    message = update.message
-    if message is None:
-        # channel posts, reactions, inline queries, business messages...: nothing for us to say.
-        return UpdatePlan("ignore", kind="other_update")
-    lang = message.from_user.language_code if message.from_user else None
-    if message.chat.type != "private":
-        return UpdatePlan("group", message.chat.id, lang_hint=lang, kind="group")
-    if message.text is not None:
-        event = Event("text", text=message.text)
-        kind = "text"
-    elif message.contact is not None:
-        sender = message.from_user
-        own = sender is not None and message.contact.user_id is not None and message.contact.user_id == sender.id
-        event = Event("contact", contact_phone=message.contact.phone_number, contact_own=own)
-        kind = "contact"
-    else:
-        media = _media_kind(message)
-        if media is None:
-            return UpdatePlan("ignore", kind="service")
-        event = Event("media", media=media)
-        kind = "media"
-    return UpdatePlan("dispatch", message.chat.id, event=event, lang_hint=lang, kind=kind)
-
-
-def _addressed_to_bot(message: Message, username: str | None, bot_id: int | None) -> bool:
-    """Group messages we answer: commands, mentions and replies to us; the rest is other people's talk."""
-    text = message.text or message.caption or ""
-    if text.startswith("/"):
-        return True
-    if username and f"@{username}".lower() in text.lower():
-        return True
-    replied = message.reply_to_message
-    return bool(replied and replied.from_user and bot_id and replied.from_user.id == bot_id)
-
-
 @dataclass
 class TelegramChannel:
     rt: Runtime
@@ -277,10 +174,6 @@ class TelegramChannel:
     # chat id -> encoded buttons of the last menu this process showed; mirrors the conversation's `_offered`.
     _menus: OrderedDict[int, tuple[str, ...]] = field(default_factory=OrderedDict)
     _group_notice_at: dict[int, float] = field(default_factory=dict)
-    # callback query id -> the buttons of the message it came from (read from the raw update, see parse()).
-    _pressed_on: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # callback query id -> the non-calendar rows of a calendar being moved a month (text, data).
-    _calendar_extra: dict[str, list[list[tuple[str, str]]]] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _loops: list[asyncio.Task[Any]] = field(default_factory=list)
     requests: list[BaseRequest] = field(default_factory=list)
@@ -383,55 +276,26 @@ class TelegramChannel:
             await asyncio.gather(*(self._handle_polled(u) for u in updates))
             offset = max(int(item.get("update_id", 0)) for item in raw if isinstance(item, dict)) + 1
 
-    def parse(self, data: Any) -> Update | None:
-        try:
-            return Update.de_json(self._without_pressed_keyboard(data), self.bot)
-        except Exception as exc:
+    def parse(self, data: Any) -> UpdatePlan | None:
+        """The update's plan, read straight from its JSON; None (logged, skipped) when it is not understood."""
+        planned = plan(data) if isinstance(data, dict) else None
+        if planned is None:
             # Unparseable even though Telegram sent it: skip it (its offset is still acknowledged), say so.
             update_id = data.get("update_id") if isinstance(data, dict) else None
-            log.warning("telegram update not understood", extra={"update_id": update_id,
-                                                                 "error": type(exc).__name__})
-            return None
+            log.warning("telegram update not understood", extra={"update_id": update_id})
+        return planned
 
-    def _without_pressed_keyboard(self, data: Any) -> Any:
-        """A button press carries the whole message its keyboard sits on; turning that keyboard into objects
-        was a tenth of a press's CPU, and only its buttons' data is ever read. Keep those, parse the rest."""
-        press = data.get("callback_query") if isinstance(data, dict) else None
-        if not isinstance(press, dict):
-            return data
-        message = press.get("message")
-        if not isinstance(message, dict) or "reply_markup" not in message:
-            return data
-        markup = message.get("reply_markup")
-        rows = markup.get("inline_keyboard") if isinstance(markup, dict) else None
-        buttons = tuple(str(b.get("callback_data")) for row in rows or () if isinstance(row, list)
-                        for b in row if isinstance(b, dict) and b.get("callback_data") is not None)
-        if isinstance(press.get("id"), str):
-            self._pressed_on[press["id"]] = buttons
-            while len(self._pressed_on) > 10000:
-                self._pressed_on.pop(next(iter(self._pressed_on)))
-            if str(press.get("data", "")).startswith(MONTH_PREFIX):
-                self._calendar_extra[press["id"]] = [
-                    [(str(b.get("text", "")), str(b["callback_data"])) for b in row]
-                    for row in rows or () if isinstance(row, list) and row
-                    and all(isinstance(b, dict) and b.get("callback_data") for b in row)
-                    and not any(_is_calendar(str(b["callback_data"])) for b in row)]
-                while len(self._calendar_extra) > 1000:
-                    self._calendar_extra.pop(next(iter(self._calendar_extra)))
-        stripped = {key: value for key, value in message.items() if key != "reply_markup"}
-        return {**data, "callback_query": {**press, "message": stripped}}
-
-    async def _handle_polled(self, update: Update) -> None:
+    async def _handle_polled(self, p: UpdatePlan) -> None:
         for attempt in range(1, MAX_UPDATE_FAILURES + 1):
             try:
-                await self.handle_update(update)
+                await self.handle_update(p)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("telegram update failed", extra={"update_id": update.update_id, "attempt": attempt})
+                log.exception("telegram update failed", extra={"update_id": p.update_id, "attempt": attempt})
                 await asyncio.sleep(0.2 * attempt)
-        await self.give_up(update)
+        await self.give_up(p)
 
     def start(self, registered: bool = False) -> list[asyncio.Task[Any]]:
         self._loops = [asyncio.create_task(self.bootstrap(registered)),
@@ -465,15 +329,14 @@ class TelegramChannel:
             self._recent.popitem(last=False)
         self._failures.pop(update_id, None)
 
-    async def handle_update(self, update: Update, *, inline: bool = False) -> dict[str, Any] | None:
+    async def handle_update(self, p: UpdatePlan, *, inline: bool = False) -> dict[str, Any] | None:
         """Processes one update to the end: the step is committed and its replies sent or handed over.
 
         With `inline` (a webhook call), a button's answerCallbackQuery comes back as the webhook response's
         method instead of an API call: it is no chat message, so Telegram running it unseen loses nothing."""
-        if self.staff_group is not None and self.staff_group.accepts(update):
-            await self.staff_group.take(update)
+        if self.staff_group is not None and self.staff_group.accepts(p):
+            await self.staff_group.take(p)
             return None
-        p = plan(update)
         if p.route == "ignore":
             return None
         if p.route == "member":
@@ -481,21 +344,20 @@ class TelegramChannel:
             await self._member(p)
             return None
         if p.route == "callback_elsewhere":
-            assert p.callback is not None
-            return await self._answer(p.callback.id, None, inline)
-        async with self.turns.turn(p.chat_id, update.update_id):
-            if self.seen(update.update_id):
+            assert p.press is not None
+            return await self._answer(p.press.id, None, inline)
+        async with self.turns.turn(p.chat_id, p.update_id):
+            if self.seen(p.update_id):
                 # Telegram re-sends an update whose webhook answer it lost: the spinner is still turning.
-                return await self._answer(p.callback.id, None, inline) if p.callback is not None else None
+                return await self._answer(p.press.id, None, inline) if p.press is not None else None
             answer: dict[str, Any] | None = None
             if p.route == "group":
-                assert update.message is not None
-                await self._group(update.message, p)
+                await self._group(p)
             elif p.route == "edited":
                 await self._notice(p.chat_id, "tg.edited", await self._user_lang(p.chat_id, p.lang_hint))
             else:
-                answer = await self._dispatch(update, p, inline)
-            self.remember(update.update_id)
+                answer = await self._dispatch(p, inline)
+            self.remember(p.update_id)
             return answer
 
     async def _answer(self, callback_id: str, text: str | None, inline: bool) -> dict[str, Any] | None:
@@ -507,28 +369,27 @@ class TelegramChannel:
         await self.sender.answer_callback(callback_id, text)
         return None
 
-    async def _calendar_move(self, cq: Any, p: UpdatePlan, inline: bool) -> dict[str, Any] | None:
+    async def _calendar_move(self, cq: Press, p: UpdatePlan, inline: bool) -> dict[str, Any] | None:
         """A calendar's ‹ › or blank key: redraw that month where it is; no conversation step runs."""
         data = str(cq.data)
-        extra = self._calendar_extra.pop(cq.id, [])
-        if data.startswith(MONTH_PREFIX) and isinstance(cq.message, Message):
+        if data.startswith(MONTH_PREFIX) and cq.message_id is not None:
             try:
                 month = date.fromisoformat(data[len(MONTH_PREFIX):] + "-01")
             except ValueError:
                 month = None
             if month is not None:
                 lang = await self._user_lang(p.chat_id, p.lang_hint)
-                rows = [[InlineKeyboardButton(text, callback_data=cb) for text, cb in row] for row in extra]
+                rows = [[InlineKeyboardButton(text, callback_data=cb) for text, cb in row] for row in cq.extra_rows]
                 markup = calendar_keyboard(month, beijing.today(), self.rt.catalog, lang, rows)
-                self._spawn(self.sender.edit_markup(p.chat_id, cq.message.message_id, markup))
+                self._spawn(self.sender.edit_markup(p.chat_id, cq.message_id, markup))
         return await self._answer(cq.id, None, inline)
 
-    async def _dispatch(self, update: Update, p: UpdatePlan, inline: bool) -> dict[str, Any] | None:
+    async def _dispatch(self, p: UpdatePlan, inline: bool) -> dict[str, Any] | None:
         expired = False
         edit_id: int | None = None
         answer: asyncio.Task[dict[str, Any] | None] | None = None
         event = p.event
-        cq = p.callback
+        cq = p.press
         lang: str | None = None
         if cq is not None and cq.data and (cq.data == NOOP or cq.data.startswith(MONTH_PREFIX)):
             return await self._calendar_move(cq, p, inline)
@@ -549,36 +410,34 @@ class TelegramChannel:
             answer = asyncio.create_task(self._answer(
                 cq.id, say(self.rt.catalog, "tg.menu_expired", lang) if expired and lang else None, inline))
         assert event is not None
-        incoming = Incoming(CHANNEL, str(p.chat_id), event, dedupe_key=str(update.update_id), lang_hint=p.lang_hint)
+        incoming = Incoming(CHANNEL, str(p.chat_id), event, dedupe_key=str(p.update_id), lang_hint=p.lang_hint)
         try:
-            payloads = await self._handle_with_retry(incoming)
+            result = await self._handle_with_retry(incoming)
         finally:
             method = await answer if answer is not None else None
-        self._remember_menu(p.chat_id, payloads)
-        if lang is None and any(payload.get("request_contact") for payload in payloads):
-            lang = await self._user_lang(p.chat_id, p.lang_hint)
-        lang = lang or pick_lang(p.lang_hint)
-        messages, shown = render_batch(payloads, self.rt.catalog, lang,
+        self._remember_menu(p.chat_id, result.offered)
+        # The conversation's language (the one picked with /language), not the client's: the calendar's
+        # weekdays, the contact button and the notice below are our words in the user's language.
+        messages, shown = render_batch(result.messages, self.rt.catalog, result.lang,
                                        keyboard_shown=p.chat_id in self._contact_keyboard)
         if expired:
-            messages.insert(0, Outgoing(say(self.rt.catalog, "tg.menu_expired", lang)))
-        elif cq is not None and isinstance(cq.message, Message) and len(messages) == 1 and messages[0].buttons:
-            if self._pressed_on.pop(cq.id, ()) == messages[0].buttons:
-                edit_id = cq.message.message_id  # the same menu again: redraw it where it is
+            messages.insert(0, Outgoing(say(self.rt.catalog, "tg.menu_expired", result.lang)))
+        elif cq is not None and cq.message_id is not None and len(messages) == 1 and messages[0].buttons:
+            if cq.buttons == messages[0].buttons:
+                edit_id = cq.message_id  # the same menu again: redraw it where it is
         if shown:
             self._contact_keyboard.add(p.chat_id)
         else:
             self._contact_keyboard.discard(p.chat_id)
-        await self.deliver_reply(p.chat_id, messages, edit_id)
+        await self.deliver_reply(p.chat_id, messages, edit_id, user_id=result.user_id)
         return method
 
-    def _remember_menu(self, chat_id: int, payloads: list[dict[str, Any]]) -> None:
-        """Mirrors the dispatcher's rule: the last reply with choices is what is on offer."""
-        offered = next((p["choices"] for p in reversed(payloads) if p.get("choices")), None)
-        if offered is None:
+    def _remember_menu(self, chat_id: int, offered: tuple[str, ...]) -> None:
+        """Keeps the menu the step left on offer (StepResult.offered), so most clicks resolve without a read."""
+        if not offered:
             self._menus.pop(chat_id, None)
             return
-        self._menus[chat_id] = tuple(str(c["id"]) for c in offered)
+        self._menus[chat_id] = offered
         self._menus.move_to_end(chat_id)
         while len(self._menus) > 50000:
             self._menus.popitem(last=False)
@@ -592,10 +451,10 @@ class TelegramChannel:
             choice = resolve_choice(data, cached)
             if choice is not None:
                 return choice, None
-        offered, lang = await self._offered(chat_id)
-        return resolve_choice(data, offered), lang
+        offer = await self.rt.repository.offer(CHANNEL, str(chat_id))
+        return resolve_choice(data, offer.choices), offer.lang
 
-    async def _handle_with_retry(self, incoming: Incoming) -> list[dict[str, Any]]:
+    async def _handle_with_retry(self, incoming: Incoming) -> StepResult:
         for attempt in range(3):
             try:
                 return await self.rt.dispatcher.handle(incoming)
@@ -606,7 +465,8 @@ class TelegramChannel:
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    async def deliver_reply(self, chat_id: int, messages: list[Outgoing], edit_id: int | None = None) -> None:
+    async def deliver_reply(self, chat_id: int, messages: list[Outgoing], edit_id: int | None = None, *,
+                            user_id: int | None = None) -> None:
         """Sends a step's replies, waiting up to `inline_wait`; what is still queued then goes to the outbox
         as claimed rows, so a crash before it is sent means a resend rather than a loss."""
         if not messages:
@@ -617,8 +477,7 @@ class TelegramChannel:
             self._log_undeliverable(task, chat_id)
             return
         seqs = sorted({m.seq for m in messages if m.seq is not None})
-        user = await self.rt.dispatcher.user_for(CHANNEL, str(chat_id), create=False) if seqs else None
-        ids = await self.pump.mark_handed_over(user.id, seqs) if user is not None else []
+        ids = await self.pump.mark_handed_over(user_id, seqs) if user_id is not None and seqs else []
         self._spawn(self._settle_later(task, chat_id, ids))
 
     async def _settle_later(self, task: asyncio.Task[Any], chat_id: int, ids: list[int]) -> None:
@@ -644,18 +503,17 @@ class TelegramChannel:
             log.error("telegram reply failed", exc_info=exc)
         return True
 
-    async def give_up(self, update: Update, *, inline: bool = False) -> dict[str, Any] | None:
+    async def give_up(self, p: UpdatePlan, *, inline: bool = False) -> dict[str, Any] | None:
         """An update that failed every try: apologise in a private chat, stop a button's spinner, move on."""
-        self.remember(update.update_id)
-        p = plan(update)
+        self.remember(p.update_id)
         if p.route in ("dispatch", "edited") and p.chat_id:
             try:
                 await self._notice(p.chat_id, "web.error.internal", pick_lang(p.lang_hint))
             except Exception:
                 log.exception("telegram apology failed")
-        if p.callback is None:
+        if p.press is None:
             return None
-        return await self._answer(p.callback.id, None, inline)
+        return await self._answer(p.press.id, None, inline)
 
     def count_failure(self, update_id: int) -> int:
         count = self._failures.get(update_id, 0) + 1
@@ -669,13 +527,13 @@ class TelegramChannel:
         """An adapter message outside the dialog (no step, no outbox row)."""
         await self.deliver_reply(chat_id, [Outgoing(say(self.rt.catalog, key, lang), markup)])
 
-    async def _group(self, message: Message, p: UpdatePlan) -> None:
+    async def _group(self, p: UpdatePlan) -> None:
         try:
             username: str | None = self.bot.username
             bot_id: int | None = self.bot.id
         except RuntimeError:
             username, bot_id = None, None
-        if not _addressed_to_bot(message, username, bot_id):
+        if not addressed_to_bot(p, username, bot_id):
             return
         await self._group_notice(p.chat_id, pick_lang(p.lang_hint), username)
 
@@ -695,15 +553,15 @@ class TelegramChannel:
     async def _member(self, p: UpdatePlan) -> None:
         member = p.member
         assert member is not None
-        status = member.new_chat_member.status
-        if member.chat.type == "private":
+        status = member.new_status
+        if member.chat_type == "private":
             if status == "kicked":
                 await self.set_active(p.chat_id, False)
             elif status == "member":
                 await self.set_active(p.chat_id, True)
             return
-        if member.chat.type in ("group", "supergroup") and status in ("member", "administrator") and \
-                member.old_chat_member.status in ("left", "kicked"):
+        if member.chat_type in ("group", "supergroup") and status in ("member", "administrator") and \
+                member.old_status in ("left", "kicked"):
             try:
                 username: str | None = self.bot.username
             except RuntimeError:
@@ -713,40 +571,16 @@ class TelegramChannel:
 
     # ---- users -----------------------------------------------------------------------------------
 
-    def _stored(self, chat_id: int) -> str:
-        return self.rt.dispatcher.stored_id(CHANNEL, str(chat_id))
-
     async def set_active(self, chat_id: int, active: bool) -> None:
-        async with self.rt.db.session() as session:
-            await session.exec(update(User).where(col(User.channel) == CHANNEL,
-                                                  col(User.external_id) == self._stored(chat_id)).values(active=active))
-            await session.commit()
+        await self.rt.repository.set_active(CHANNEL, str(chat_id), active)
         log.info("telegram user %s", "unblocked the bot" if active else "blocked the bot")
 
     async def mark_blocked(self, chat_id: int) -> None:
         await self.set_active(chat_id, False)
 
     async def _user_lang(self, chat_id: int, hint: str | None) -> str:
-        async with self.rt.db.session() as session:
-            lang = (await session.exec(select(User.lang).where(User.channel == CHANNEL,
-                                                               User.external_id == self._stored(chat_id)))).first()
-        return lang if lang else pick_lang(hint)
-
-    async def _offered(self, chat_id: int) -> tuple[list[str], str | None]:
-        """Choice ids of the menu the user was last shown, and their language."""
-        async with self.rt.db.session() as session:
-            row = (await session.exec(
-                select(User.lang, Conversation.data)
-                .join(Conversation, col(Conversation.user_id) == col(User.id), isouter=True)
-                .where(User.channel == CHANNEL, User.external_id == self._stored(chat_id)))).first()
-        if row is None:
-            return [], None
-        lang, data = row
-        try:
-            parsed = json.loads(data) if data else {}
-        except ValueError:
-            parsed = {}
-        return offered_ids(parsed if isinstance(parsed, dict) else {}), lang
+        """The language of an adapter notice outside a step: the conversation's, else the client's."""
+        return await self.rt.repository.user_lang(CHANNEL, str(chat_id)) or pick_lang(hint)
 
 
 TELEGRAM: web.AppKey[TelegramChannel] = web.AppKey("telegram", TelegramChannel)

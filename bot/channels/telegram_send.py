@@ -28,7 +28,7 @@ from telegram import Bot, InlineKeyboardMarkup, TelegramObject
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 
 from bot import identities, metrics
-from bot.budgets import Budget
+from bot.budgets import Budget, LocalBudget, Slot, joint
 from bot.channels.telegram_render import Outgoing, render_payload
 from bot.channels.telegram_request import AiohttpRequest, raise_for_answer
 from bot.storage import OutboxMessage, User, utcnow
@@ -123,87 +123,124 @@ class Gcra:
         self.tat = max(self.tat, now) + 1.0 / rate
 
 
-class BotPace:
-    """The bot-wide pace all sends share: a GCRA, and a queue that grants waiting replies before waiting pushes.
+# Turn ranks in the bot-wide queue: lower goes first.
+REPLY, PUSH, BROADCAST = 0, 1, 2
 
-    A reply is what a user waits for; a reminder or broadcast can come a second later. Both count against the
-    same Telegram limit, so both must take their turn here."""
+
+class BotPace:
+    """The bot-wide pace all sends share, and a queue that grants waiting replies before waiting pushes, and pushes
+    before broadcasts.
+
+    A reply is what a user waits for; a reminder or broadcast can come a second later. All count against the same
+    Telegram limit, so all take their turn here. A turn for a chat reserves the chat's slot and the bot's slot
+    together (bot.budgets.Budget.reserve_joint): the message goes out at the later of the two, and both paces count
+    it there. When the chat's slot is the later one, nothing is taken: the turn waits aside until then and the
+    bot's slots go to other chats meanwhile."""
 
     def __init__(self, clock: Callable[[], float], budget: Budget | None = None, key: str = "telegram") -> None:
         self.clock = clock
-        self.gcra = Gcra()
-        self._queue: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
-        self.rate = 30.0
-        # With several workers the bot-wide limit is the deployment's, not this process's: each turn takes a
-        # slot of the shared budget (Redis or PostgreSQL, bot/budgets.py). Replies still go before pushes here.
+        # With several workers the limits are the deployment's, not this process's: each turn takes its slots of
+        # the shared budget (Redis or PostgreSQL, bot/budgets.py). Without one, this process keeps them itself;
+        # the same keeps them when the shared budget fails outright.
         self.budget = budget
+        self.local = LocalBudget(clock)
         self.key = key
+        self.rate = 30.0
+        self._queue: list[tuple[int, int, asyncio.Future[None], Slot | None]] = []
+        # Turns whose chat is not ready yet, back in the queue when it is.
+        self._aside: set[tuple[int, int, asyncio.Future[None], Slot | None]] = set()
+        self._order = itertools.count()
         self._granter: asyncio.Task[None] | None = None
 
-    async def turn(self, rate: float, *, push: bool) -> None:
+    async def turn(self, rate: float, *, push: bool, broadcast: bool = False, chat: Slot | None = None) -> None:
+        """Waits for a turn (for `chat`'s slot too, when given): replies first, then pushes, then broadcasts (which
+        are never urgent)."""
         self.rate = rate
-        if self.budget is not None:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._queue, (1 if push else 0, next(self._order), future))
-            if self._granter is None or self._granter.done():
-                self._granter = asyncio.create_task(self._grant_shared())
-            await future
-            return
-        if not self._queue and self.gcra.wait_for(self.clock(), rate, 1) <= 0:
-            self.gcra.take(self.clock(), rate)
-            return
-        waiting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._queue, (1 if push else 0, next(self._order), waiting))
-        self._grant()
-        # A waiter cancelled in the queue is skipped by _grant; one cancelled just after its grant has used a
-        # turn, which only errs on the slow side.
-        await waiting
+        idle = not self._queue and (self._granter is None or self._granter.done())
+        if idle and self.budget is None:
+            # Nobody waiting here and the slots free now: take them without queueing.
+            if self._take_locally(chat, now_only=True, reply=not (push or broadcast)):
+                return
+        rank = BROADCAST if broadcast else PUSH if push else REPLY
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._push((rank, next(self._order), future, chat))
+        await future
 
-    async def _grant_shared(self) -> None:
-        """Grants queued turns one at a time, each on a slot reserved in the shared budget."""
-        assert self.budget is not None
+    def _push(self, entry: tuple[int, int, asyncio.Future[None], Slot | None]) -> None:
+        heapq.heappush(self._queue, entry)
+        if self._granter is None or self._granter.done():
+            self._granter = asyncio.create_task(self._grant())
+
+    def _bot(self, rank: int) -> Slot:
+        """The bot's budget as a turn of `rank` sees it: a reply may take its slot one interval early."""
+        return Slot(self.key, self.rate, credit=1.0 / self.rate if rank == REPLY else 0.0)
+
+    def _take_locally(self, chat: Slot | None, *, now_only: bool = False, reply: bool = False) -> bool:
+        """The in-memory reservation, synchronous: True when taken (and, with `now_only`, free this instant)."""
+        bot = self._bot(REPLY if reply else PUSH)
+        now = float(self.clock())
+        if chat is None:
+            tat = self.local.tat(self.key)
+            if now_only and tat - bot.credit > now:
+                return False
+            self.local.put(self.key, max(tat, now) + bot.interval)
+            return True
+        taken, start, chat_tat, bot_tat = joint(now, chat, self.local.tat(chat.key), bot, self.local.tat(self.key),
+                                                bot.interval)
+        if not taken or (now_only and start > now):
+            return False
+        self.local.put(chat.key, chat_tat)
+        self.local.put(self.key, bot_tat)
+        return True
+
+    async def _reserve(self, chat: Slot | None, rank: int = PUSH) -> tuple[bool, float]:
+        budget: Budget = self.budget if self.budget is not None else self.local
+        bot = self._bot(rank)
+        try:
+            if chat is None:
+                return True, await budget.reserve(self.key, self.rate)
+            return await budget.reserve_joint(chat, bot, bot.interval)
+        except Exception:
+            if budget is self.local:
+                raise
+            # The shared store failed outright (its own fallbacks too): keep the process's own pace.
+            log.exception("telegram: shared send budget unavailable")
+            if chat is None:
+                return True, await self.local.reserve(self.key, self.rate)
+            return await self.local.reserve_joint(chat, bot, bot.interval)
+
+    async def _grant(self) -> None:
+        """Grants queued turns one at a time, best rank first, each on slots reserved for it; a turn whose chat is
+        not ready yet waits aside and comes back to the queue, in its place, when it is."""
+        loop = asyncio.get_running_loop()
         while self._queue:
-            _priority, _n, future = heapq.heappop(self._queue)
+            entry = heapq.heappop(self._queue)
+            future = entry[2]
             if future.done():
                 continue
-            try:
-                wait = await self.budget.reserve(self.key, self.rate)
-            except Exception:
-                # The shared store failed outright (its own fallbacks too): keep the process's own pace.
-                log.exception("telegram: shared send budget unavailable")
-                wait = self.gcra.wait_for(self.clock(), self.rate, 1)
-                self.gcra.take(self.clock(), self.rate)
+            taken, wait = await self._reserve(entry[3], entry[0])
+            if not taken:
+                self._aside.add(entry)
+                loop.call_later(wait, self._back, entry)
+                continue
             if wait > 0:
                 await asyncio.sleep(wait)
             if not future.done():
                 future.set_result(None)
 
-    def _grant(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        while self._queue:
-            wait = self.gcra.wait_for(self.clock(), self.rate, 1)
-            if wait > 0:
-                self._timer = asyncio.get_running_loop().call_later(wait, self._grant)
-                return
-            _priority, _n, future = heapq.heappop(self._queue)
-            if future.done():
-                continue
-            self.gcra.take(self.clock(), self.rate)
-            future.set_result(None)
+    def _back(self, entry: tuple[int, int, asyncio.Future[None], Slot | None]) -> None:
+        self._aside.discard(entry)
+        if not entry[2].done():
+            self._push(entry)
 
     def __len__(self) -> int:
-        return sum(1 for *_, future in self._queue if not future.done())
+        return sum(1 for *_, future, _chat in [*self._queue, *self._aside] if not future.done())
 
 
 @dataclass
 class Lane:
-    """One chat's send queue: FIFO lock for order, its own pace and 429 block."""
+    """One chat's send queue: FIFO lock for order, and its 429 block (its pace is kept with the bot's, BotPace)."""
 
-    pace: Gcra
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     blocked_until: float = 0.0
     holders: int = 0
@@ -224,21 +261,22 @@ class Sender:
     def lane(self, chat_id: int) -> Lane:
         lane = self._lanes.get(chat_id)
         if lane is None:
-            lane = self._lanes[chat_id] = Lane(Gcra())
+            lane = self._lanes[chat_id] = Lane()
         return lane
 
     def sweep(self) -> None:
         """Forgets idle chats whose pace no longer matters."""
         now = self.clock()
-        for chat_id in [c for c, lane in self._lanes.items()
-                        if lane.holders == 0 and lane.pace.tat <= now and lane.blocked_until <= now]:
+        for chat_id in [c for c, lane in self._lanes.items() if lane.holders == 0 and lane.blocked_until <= now]:
             del self._lanes[chat_id]
+        self.pace.local.forget_idle(now)
 
     async def deliver(self, chat_id: int, messages: list[Outgoing], *, push: bool,
-                      edit_message_id: int | None = None) -> list[Any]:
+                      edit_message_id: int | None = None, broadcast: bool = False) -> list[Any]:
         """Sends `messages` in order, holding the chat's lane so no other batch interleaves.
 
-        With `edit_message_id`, the first message replaces that message's text and keyboard instead.
+        With `edit_message_id`, the first message replaces that message's text and keyboard instead. A
+        `broadcast` waits behind every reply and push for its bot-wide turn.
         """
         lane = self.lane(chat_id)
         lane.holders += 1
@@ -251,18 +289,19 @@ class Sender:
                         if edited is not None:
                             results.append(edited)
                             continue
-                    results.append(await self._send(lane, chat_id, message, push=push))
+                    results.append(await self._send(lane, chat_id, message, push=push or broadcast,
+                                                    broadcast=broadcast))
                 return results
         finally:
             lane.holders -= 1
 
     async def call(self, lane: Lane | None, make: Callable[[], Awaitable[Any]], *, push: bool,
-                   paced: bool = True, chat_id: int = 0) -> Any:
+                   paced: bool = True, chat_id: int = 0, broadcast: bool = False) -> Any:
         """One API call with pacing, 429 and transient-error retries; raises Undeliverable when hopeless."""
         attempt = 0
         while True:
             if lane is not None:
-                await self._wait_turn(lane, push=push, paced=paced, chat_id=chat_id)
+                await self._wait_turn(lane, push=push, paced=paced, chat_id=chat_id, broadcast=broadcast)
             try:
                 answer = await make()
                 metrics.SENDS.labels(CHANNEL, "ok").inc()
@@ -293,38 +332,28 @@ class Sender:
     def chat_rate(self, chat_id: int) -> float:
         return self.limits.group_per_minute / 60.0 if chat_id < 0 else self.limits.chat_per_second
 
-    async def _wait_turn(self, lane: Lane, *, push: bool, paced: bool, chat_id: int = 0) -> None:
-        limits = self.limits
-        rate = self.chat_rate(chat_id)
-        budget = self.pace.budget
-        if paced and budget is not None:
-            # Several workers answer the same chat (each update lands where it lands): the chat's pace is shared
-            # like the bot's. A 429's block stays with this process, which is the one that got it.
-            burst = 1 if push or chat_id < 0 else limits.interactive_burst
-            wait = await budget.reserve(f"{self.pace.key}:chat:{chat_id}", rate, burst)
-            wait = max(wait, lane.blocked_until - self.clock())
+    async def _wait_turn(self, lane: Lane, *, push: bool, paced: bool, chat_id: int = 0,
+                         broadcast: bool = False) -> None:
+        while True:
+            wait = lane.blocked_until - self.clock()
             if wait > 0:
                 await asyncio.sleep(wait)
-            await self.pace.turn(limits.bot_per_second, push=push)
-            return
-        while True:
-            now = self.clock()
-            wait = lane.blocked_until - now
-            if paced:
-                burst = 1 if push or chat_id < 0 else limits.interactive_burst
-                wait = max(wait, lane.pace.wait_for(now, rate, burst))
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait)
-        if paced:
-            # The chat's slot is taken before the bot-wide turn, so the lane holds its place while queued.
-            lane.pace.take(self.clock(), rate)
-            await self.pace.turn(limits.bot_per_second, push=push)
+            if not paced:
+                return
+            # Several workers answer the same chat (each update lands where it lands): the chat's pace is shared
+            # like the bot's, and reserved with it. A 429's block stays with this process, which got it.
+            burst = 1 if push or chat_id < 0 else self.limits.interactive_burst
+            chat = Slot(f"{self.pace.key}:chat:{chat_id}", self.chat_rate(chat_id), burst)
+            await self.pace.turn(self.limits.bot_per_second, push=push, broadcast=broadcast, chat=chat)
+            if lane.blocked_until <= self.clock():
+                return
+            # A 429 for this chat came while the turn was queued: its slots are spent; wait the block out.
 
-    async def _send(self, lane: Lane, chat_id: int, message: Outgoing, *, push: bool) -> Any:
+    async def _send(self, lane: Lane, chat_id: int, message: Outgoing, *, push: bool,
+                    broadcast: bool = False) -> Any:
         data: dict[str, Any] = {"chat_id": chat_id, "text": message.text, "reply_markup": message.markup}
         return await self.call(lane, lambda: self.bot.send_raw("sendMessage", data, self.limits.api_timeout),
-                               push=push, chat_id=chat_id)
+                               push=push, chat_id=chat_id, broadcast=broadcast)
 
     async def _edit(self, lane: Lane, chat_id: int, message_id: int, message: Outgoing) -> Any:
         """Edits in place; None means the edit is impossible and a new message should go instead."""

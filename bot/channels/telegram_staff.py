@@ -13,15 +13,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update as sql_update
-from sqlmodel import col, select
-from telegram import Update
 from telegram.error import RetryAfter, TelegramError
 
+from bot.channels.telegram_inbound import UpdatePlan
 from bot.channels.telegram_send import LeanBot, retry_after
 from bot.staff.auth import StaffMember
 from bot.staff.tickets import TicketError, TicketService
-from bot.storage import StaffAccount, Ticket
 from dialogs.model import Msg
 
 if TYPE_CHECKING:
@@ -63,9 +60,7 @@ class StaffGroup:
         await self._call("sendMessage", {"chat_id": self.chat_id, "message_thread_id": thread, "text": text[:4000]})
 
     async def _thread(self, ticket_id: int) -> int | None:
-        async with self.rt.db.session() as session:
-            ticket = await session.get(Ticket, ticket_id)
-        return ticket.staff_topic_id if ticket is not None else None
+        return await self.rt.repository.ticket_topic(ticket_id)
 
     # --- ticket → topic ------------------------------------------------------------------------------------
     async def mirror(self, event: str, ticket_id: int, details: dict[str, Any]) -> None:
@@ -113,10 +108,7 @@ class StaffGroup:
         thread = int(topic["message_thread_id"]) if isinstance(topic, dict) else None
         if thread is None:
             return
-        async with self.rt.db.session() as session:
-            await session.exec(sql_update(Ticket).where(col(Ticket.id) == ticket_id)
-                               .values(staff_topic_id=thread))
-            await session.commit()
+        await self.rt.repository.set_ticket_topic(ticket_id, thread)
         requests = "; ".join(f"{r['reference']} {r['status']}" for r in context.get("requests", [])) or "-"
         plan = context.get("plan")
         await self._post(thread, self._t(
@@ -127,30 +119,29 @@ class StaffGroup:
             reason=self._t(f"staff.reason.{summary['reason']}")))
 
     # --- topic → ticket ------------------------------------------------------------------------------------
-    def accepts(self, update: Update) -> bool:
-        message = update.message
-        return message is not None and message.chat.id == self.chat_id
+    def accepts(self, p: UpdatePlan) -> bool:
+        return p.message is not None and p.chat_id == self.chat_id
 
-    async def take(self, update: Update) -> None:
+    async def take(self, p: UpdatePlan) -> None:
         """A message in the staff group: in a ticket's topic, from a linked staff member, it is their answer."""
-        message = update.message
-        if message is None or message.from_user is None or message.from_user.is_bot:
+        message = p.message or {}
+        sender = message.get("from")
+        if not isinstance(sender, dict) or sender.get("is_bot") or not isinstance(sender.get("id"), int):
             return
-        thread = message.message_thread_id if message.is_topic_message else None
-        text = (message.text or "").strip()
-        if thread is None or not text:
+        thread = message.get("message_thread_id") if message.get("is_topic_message") else None
+        text = message.get("text")
+        text = text.strip() if isinstance(text, str) else ""
+        if not isinstance(thread, int) or not text:
             return
-        async with self.rt.db.session() as session:
-            ticket = (await session.exec(select(Ticket).where(Ticket.staff_topic_id == thread))).first()
-            account = (await session.exec(select(StaffAccount).where(
-                StaffAccount.telegram_user_id == message.from_user.id, col(StaffAccount.active).is_(True)))).first()
-        if ticket is None or ticket.id is None:
+        sender_id = int(sender["id"])
+        ticket, account = await self.rt.repository.topic_ticket(thread, sender_id)
+        if ticket is None:
             return
-        if account is None or account.id is None:
+        if account is None:
             await self._post(thread, self._t("staff.tg.unknown_staff"))
             return
         member = StaffMember(account.id, account.name, account.role)
-        client = f"telegram:{message.from_user.id}"
+        client = f"telegram:{sender_id}"
         try:
             if text.split("@", 1)[0] == "/close":
                 await self.tickets.close(ticket.id, member, client)

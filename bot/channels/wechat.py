@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import re
 import time
@@ -26,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
-from sqlmodel import col, select, update
 from wechatpy import parse_message
 from wechatpy.events import ClickEvent, ScanEvent, SubscribeEvent, SubscribeScanEvent, UnsubscribeEvent
 from wechatpy.messages import BaseMessage, TextMessage
@@ -65,10 +63,10 @@ from bot.dispatch import Incoming
 from bot.effects import REGISTRY_READ_BUDGET
 from bot.i18n import Catalog
 from bot.runtime import Runtime
-from bot.storage import Conversation, Database, InboxItem, OutboxMessage, User, utcnow
+from bot.storage import Database
 from bot.vault import Vault
 from dialogs.commands import parse_command
-from dialogs.model import DEFAULT_LANG, Event, Msg
+from dialogs.model import DEFAULT_LANG, LANGS, Event, Msg
 from dialogs.registry import menu_entries
 
 __all__ = ["WECHAT", "WeChatChannel", "create_menu", "menu_definition", "setup_wechat"]
@@ -137,7 +135,7 @@ class WeChatChannel:
         self.native_support = bool(settings.wechat_native_support)
         self.passive_seconds = settings.wechat_passive_seconds
         self.clock = clock
-        self.nonces = SharedNonces(NonceCache(), settings.redis_url)
+        self.nonces = SharedNonces(NonceCache(), settings.redis_url, db=rt.db)
         self.api = WeChatApi(settings.wechat_api_base_url, settings.wechat_app_id, settings.wechat_app_secret,
                              DbTokenStore(rt.db, rt.vault, settings.wechat_app_id),
                              timeout=settings.wechat_api_timeout)
@@ -157,7 +155,6 @@ class WeChatChannel:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Language per openid for the texts this channel adds before the step has said anything.
         self._langs: OrderedDict[str, str] = OrderedDict()
-        self._catalog_texts = {lang: frozenset(texts.values()) for lang, texts in rt.catalog.messages.items()}
 
     # --- HTTP -------------------------------------------------------------------------------------------
     async def verify(self, request: web.Request) -> web.Response:
@@ -305,18 +302,8 @@ class WeChatChannel:
     def _stored(self, openid: str) -> str:
         return self.rt.dispatcher.stored_id(CHANNEL, openid)
 
-    async def _offered(self, openid: str) -> set[str]:
-        async with self.rt.db.session() as session:
-            row = (await session.exec(
-                select(Conversation.data).join(User, col(User.id) == col(Conversation.user_id))
-                .where(User.channel == CHANNEL, User.external_id == self._stored(openid)))).first()
-        if row is None:
-            return set()
-        try:
-            offered = json.loads(row).get("_offered") or []
-        except (ValueError, AttributeError):
-            return set()
-        return {str(item[0]) for item in offered if isinstance(item, list) and item}
+    async def _offered(self, openid: str) -> tuple[str, ...]:
+        return (await self.rt.repository.offer(CHANNEL, openid)).choices
 
     # --- answering ---------------------------------------------------------------------------------------
     async def _act(self, msg: BaseMessage, openid: str, plan: InboundPlan, encrypted: bool,
@@ -413,11 +400,7 @@ class WeChatChannel:
             self._langs.popitem(last=False)
 
     async def _set_active(self, openid: str, active: bool) -> None:
-        async with self.rt.db.session() as session:
-            await session.exec(update(User).where(col(User.channel) == CHANNEL,
-                                                  col(User.external_id) == self._stored(openid))
-                               .values(active=active))
-            await session.commit()
+        await self.rt.repository.set_active(CHANNEL, openid, active)
         if active:
             self.sender.wake_for(openid)
 
@@ -480,21 +463,11 @@ class WeChatChannel:
         user = await self.rt.dispatcher.user_for(CHANNEL, openid, create=False)
         if user is None:
             return None
-        async with self.rt.db.session() as session:
-            result = await session.exec(
-                update(OutboxMessage).where(col(OutboxMessage.user_id) == user.id,
-                                            col(OutboxMessage.channel) == CHANNEL,
-                                            col(OutboxMessage.kind) == "reply",
-                                            col(OutboxMessage.status) == "pending")
-                .values(status="sent", sent_at=utcnow())
-                .returning(col(OutboxMessage.seq), col(OutboxMessage.payload)))
-            held = sorted((int(seq), payload) for seq, payload in result.all())
-            await session.commit()
-        if not held:
+        payloads = await self.rt.repository.collect_pending_replies(user.id, CHANNEL)
+        if not payloads:
             return None
-        payloads = [json.loads(payload) for _seq, payload in held]
-        lang = self._lang_of(payloads) or self._lang(openid)
-        log.info("wechat result collected by the user's next message", extra={"rows": len(held)})
+        lang = next((str(p["lang"]) for p in payloads if p.get("lang") in LANGS), None) or self._lang(openid)
+        log.info("wechat result collected by the user's next message", extra={"rows": len(payloads)})
         # A retry of this message gets the same text, not a step.
         self._remember_answer(key, self._passive_text(openid, payloads, lang))
         return payloads, lang, key
@@ -503,22 +476,12 @@ class WeChatChannel:
         # This task's own context: the cap applies to this step's registry reads only.
         REGISTRY_READ_BUDGET.set(self.registry_budget)
         payloads: list[dict[str, Any]] = []
+        lang = self._lang(openid)
         for incoming in incomings:
-            payloads = await self.rt.dispatcher.handle(incoming)
-        lang = self._lang_of(payloads) or self._lang(openid)
+            result = await self.rt.dispatcher.handle(incoming)
+            payloads, lang = result.payloads, result.lang
         self._remember_lang(openid, lang)
         return payloads, lang
-
-    def _lang_of(self, payloads: list[dict[str, Any]]) -> str | None:
-        """The language the step answered in, read off its choice labels (catalog texts), which spares a
-        database round trip per message; None when no label tells."""
-        for payload in payloads:
-            for choice in payload.get("choices") or ():
-                label = choice.get("label")
-                in_zh, in_en = label in self._catalog_texts["zh_CN"], label in self._catalog_texts["en"]
-                if in_zh != in_en:
-                    return "zh_CN" if in_zh else "en"
-        return None
 
     def _step_done(self, key: str, delivery: _Delivery, task: asyncio.Task[Any]) -> None:
         """Runs the moment the step ends: if no request is waiting for it, its result goes by customer service."""
@@ -564,19 +527,8 @@ class WeChatChannel:
     async def _hand_over(self, key: str, seqs: list[int] | None) -> None:
         """Turns a step's already-answered rows back to pending, so the sender (or the next message) delivers
         them."""
-        async with self.rt.db.session() as session:
-            inbox_id = (await session.exec(select(InboxItem.id).where(
-                InboxItem.channel == CHANNEL, InboxItem.dedupe_key == key))).first()
-            if inbox_id is None:
-                return
-            query = update(OutboxMessage).where(col(OutboxMessage.inbox_id) == inbox_id,
-                                                col(OutboxMessage.status) == "sent",
-                                                col(OutboxMessage.attempts) == 0)
-            if seqs is not None:
-                query = query.where(col(OutboxMessage.seq).in_(seqs))
-            await session.exec(query.values(status="pending", sent_at=None))
-            await session.commit()
-        self.sender.wake()
+        if await self.rt.repository.hand_back(CHANNEL, key, seqs):
+            self.sender.wake()
 
     async def _answer_again(self, delivery: _Delivery,
                             key: str) -> tuple[list[dict[str, Any]], str, str] | None:
@@ -588,15 +540,7 @@ class WeChatChannel:
         payloads, lang = delivery.task.result()
         if delivery.outcome == "passive":
             return payloads, lang, key
-        async with self.rt.db.session() as session:
-            inbox_id = (await session.exec(select(InboxItem.id).where(
-                InboxItem.channel == CHANNEL, InboxItem.dedupe_key == key))).first()
-            result = await session.exec(
-                update(OutboxMessage).where(col(OutboxMessage.inbox_id) == inbox_id,
-                                            col(OutboxMessage.status) == "pending")
-                .values(status="sent", sent_at=utcnow()).returning(col(OutboxMessage.seq)))
-            claimed = {int(seq) for seq in result.scalars().all()}
-            await session.commit()
+        claimed = await self.rt.repository.claim_pending_of(CHANNEL, key)
         return [p for p in payloads if p.get("seq") in claimed], lang, key
 
     def _spawn(self, coro: Any) -> None:

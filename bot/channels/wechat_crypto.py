@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -27,6 +28,8 @@ MAX_FUTURE_SECONDS = 60
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _DIGITS = re.compile(r"\d{1,12}")
 _NONCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+log = logging.getLogger(__name__)
 
 
 class BadXml(ValueError):
@@ -76,8 +79,8 @@ class NonceCache:
     """Nonces seen, with the digest of the request that carried them, filed under the request's own (signed,
     fresh) timestamp: once a timestamp is too old to pass the freshness check, its whole bucket goes.
 
-    One process only: behind several workers a replay could land on another one, so SharedNonces adds Redis;
-    the inbox dedupe still keeps a replay from acting twice.
+    One process only: behind several workers a replay could land on another one, so SharedNonces adds Redis or
+    the database; the inbox dedupe still keeps a replay from acting twice.
     """
 
     def __init__(self, max_age: int = MAX_AGE_SECONDS, max_entries: int = 1_000_000) -> None:
@@ -189,33 +192,82 @@ def reply_envelope(xml: str) -> dict[str, Any]:
 
 
 class SharedNonces:
-    """Nonces seen by any worker: the local cache first (free), then Redis `SET NX EX` when REDIS_URL is set.
+    """Nonces seen by any worker: the local cache first (free), then Redis `SET NX EX` when REDIS_URL is set, or
+    the database's `wechat_nonces` table when there is no Redis (or it stops answering) and the database is one
+    several workers share. An identical request (same signatures, same body) under a seen nonce is WeChat's retry
+    wherever it lands; anything else under it is a replay, refused by whichever worker it reaches.
 
-    Without Redis the local cache is the whole answer, which is complete for the embedded one-process setup.
+    With neither (one process on SQLite) the local cache is the whole answer, which is complete there.
     """
 
-    def __init__(self, local: NonceCache, redis_url: str = "", *, prefix: str = "haoqing:wx:nonce:") -> None:
+    PURGE_EVERY = 60.0
+
+    def __init__(self, local: NonceCache, redis_url: str = "", *, prefix: str = "haoqing:wx:nonce:",
+                 db: Any = None) -> None:
         self.local = local
         self.prefix = prefix
         self._redis: Any = None
+        self._redis_down_until = 0.0
+        self.db: Any = None
+        self._purged = 0.0
         if redis_url:
             from redis.asyncio import Redis
 
             self._redis = Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        if db is not None:
+            self.share_through(db)
+
+    def share_through(self, db: Any) -> None:
+        """Keeps nonces in `db` when Redis is absent or down; a SQLite file serves one process, so not there."""
+        self.db = None if getattr(db, "is_sqlite", True) else db
+
+    @property
+    def fresh_for(self) -> int:
+        # A nonce only needs remembering while its timestamp can still pass the freshness check.
+        return self.local.max_age + MAX_FUTURE_SECONDS + 5
 
     async def check(self, timestamp: str, nonce: str, digest: bytes, now: float | None = None) -> Seen:
         seen = self.local.check(timestamp, nonce, digest, now)
-        if seen != "new" or self._redis is None:
+        if seen != "new":
             return seen
-        # A nonce only needs remembering while its timestamp can still pass the freshness check. The digest is
-        # stored with it, so WeChat's identical retry that lands on another worker is told from a replay there too.
-        fresh_for = self.local.max_age + MAX_FUTURE_SECONDS + 5
+        # The digest is kept with the nonce, so WeChat's identical retry that lands on another worker is told from
+        # a replay there too.
+        if self._redis is not None and time.monotonic() >= self._redis_down_until:
+            try:
+                return await self._check_redis(timestamp, nonce, digest)
+            except Exception as exc:  # redis.exceptions.* and OSError alike: go on without it, say so once
+                log.warning("wechat nonces: Redis unavailable, using the database", extra={"error": type(exc).__name__})
+                self._redis_down_until = time.monotonic() + 5.0
+        if self.db is not None:
+            return await self._check_db(timestamp, nonce, digest, time.time() if now is None else now)
+        return seen
+
+    async def _check_redis(self, timestamp: str, nonce: str, digest: bytes) -> Seen:
         key = f"{self.prefix}{int(timestamp)}:{nonce}"
-        if await self._redis.set(key, digest, nx=True, ex=fresh_for):
+        if await self._redis.set(key, digest, nx=True, ex=self.fresh_for):
             return "new"
         held = await self._redis.get(key)
         return "retry" if isinstance(held, bytes) and hmac.compare_digest(held, digest) else "replay"
 
+    async def _check_db(self, timestamp: str, nonce: str, digest: bytes, now: float) -> Seen:
+        from sqlalchemy import text
+
+        hexed = digest.hex()
+        params: dict[str, Any] = {"key": f"{int(timestamp)}:{nonce}", "digest": hexed, "ts": int(timestamp)}
+        async with self.db.engine.begin() as connection:
+            if now - self._purged >= self.PURGE_EVERY:
+                self._purged = now
+                await connection.execute(text(_PURGE_NONCES), {"before": int(now) - self.fresh_for})
+            if (await connection.execute(text(_INSERT_NONCE), params)).rowcount == 1:
+                return "new"
+            held = (await connection.execute(text(_SELECT_NONCE), params)).scalar()
+        return "retry" if isinstance(held, str) and hmac.compare_digest(held, hexed) else "replay"
+
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
+
+
+_INSERT_NONCE = "INSERT INTO wechat_nonces (nonce_key, digest, ts) VALUES (:key, :digest, :ts) ON CONFLICT DO NOTHING"
+_SELECT_NONCE = "SELECT digest FROM wechat_nonces WHERE nonce_key = :key"
+_PURGE_NONCES = "DELETE FROM wechat_nonces WHERE ts < :before"

@@ -400,3 +400,80 @@ class CustomerServiceSender:
             return False
         return True
 
+
+
+class WeChatBroadcast:
+    """Broadcast messages to WeChat: a customer-service message while the user's window is open (counted with
+    every other send to them, under their lock), else a template message where one is configured and allowed,
+    else unreachable, never sent in breach of the rules."""
+
+    channel = CHANNEL
+
+    def __init__(self, sender: CustomerServiceSender, budget: Any, rate: float) -> None:
+        self.sender = sender
+        self.budget = budget
+        self.rate = max(rate, 0.1)
+        self.concurrency = max(8, min(256, int(self.rate * 2)))
+
+    async def send(self, delivery: Any) -> Any:
+        from bot.broadcasts import Outcome
+        from bot.budgets import pace
+
+        sender = self.sender
+        user_id, openid = delivery.user_id, delivery.address
+        async with sender.rt.db.user_lock(user_id, space=CS_LOCK_SPACE):
+            if sender.caps.customer_service:
+                now = utcnow()
+                last_message, last_click = await sender._openings(user_id)
+                closed = sender.closed_at.get(user_id)
+                allowance = 0
+                if closed is None or any(o is not None and o > closed for o in (last_message, last_click)):
+                    allowance = window_allowance(now, last_message, last_click,
+                                                 await sender._recent_sends(user_id, now))
+                if allowance > 0:
+                    await pace(self.budget, "wechat:broadcast", self.rate)
+                    try:
+                        await sender.api.send_text(openid, clip(delivery.text, MAX_TEXT_BYTES, "…"))
+                    except WeChatApiError as exc:
+                        outcome = self._refused(exc, user_id, template=False)
+                        if outcome is not None:
+                            return outcome
+                    except WeChatUnavailable:
+                        return Outcome("retry", "unavailable", retry_after=30.0)
+                    else:
+                        await sender._record_send(user_id)
+                        metrics.SENDS.labels(CHANNEL, "ok").inc()
+                        return Outcome("sent")
+            if sender.template_id:
+                await pace(self.budget, "wechat:broadcast", self.rate)
+                when = utcnow().astimezone(TZ).strftime("%Y-%m-%d %H:%M")
+                try:
+                    await sender.api.send_template(openid, sender.template_id, template_data(
+                        delivery.text, sender.caps.template_fields, when, sender.template_max_chars),
+                        sender.template_url)
+                except WeChatApiError as exc:
+                    outcome = self._refused(exc, user_id, template=True)
+                    if outcome is not None:
+                        return outcome
+                except WeChatUnavailable:
+                    return Outcome("retry", "unavailable", retry_after=30.0)
+                else:
+                    metrics.SENDS.labels(CHANNEL, "ok").inc()
+                    return Outcome("sent", "template")
+        return Outcome("unreachable", "no_window")
+
+    def _refused(self, exc: WeChatApiError, user_id: int, *, template: bool) -> Any:
+        """What WeChat's refusal means for this recipient; None: try the next way (a closed window)."""
+        from bot.broadcasts import Outcome
+
+        if exc.config_hint is not None:
+            self.sender._configuration_error(exc, template=template)
+            return None
+        if exc.errcode in OUT_OF_WINDOW and not template:
+            self.sender.closed_at[user_id] = utcnow()
+            return None
+        if exc.errcode == UNFOLLOWED:
+            return Outcome("failed", "unfollowed", inactive=True)
+        if exc.errcode in BAD_RECIPIENT:
+            return Outcome("failed", "bad_recipient")
+        return Outcome("retry", f"errcode_{exc.errcode}", retry_after=30.0)

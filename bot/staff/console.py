@@ -38,9 +38,13 @@ ADMIN_PREFIXES = ("/staff/api/broadcasts", "/staff/broadcasts", "/staff/api/audi
 OPEN_PATHS = {("GET", "/staff"), ("POST", "/staff/login"), ("GET", "/staff/login")}
 MAX_BODY = 64 * 1024
 KEEPALIVE_SECONDS = 15.0
-_PAGE_TOKENS = re.compile(r"\{\{\s*([a-z_.]+)\s*\}\}")
-_STATIC_FILES = {"console.js": "application/javascript", "console.css": "text/css"}
-AUDIT_ACTIONS = ("login", "login_failed", "logout", "view", "claim", "assign", "reply", "close")
+_PAGE_TOKENS = re.compile(r"\{\{\s*([A-Za-z_.]+)\s*\}\}")
+_STATIC_FILES = {"console.js": "application/javascript", "console.css": "text/css",
+                 "broadcasts.js": "application/javascript"}
+AUDIT_ACTIONS = ("login", "login_failed", "logout", "view", "claim", "assign", "reply", "close",
+                 # bot/staff/broadcasts_api.py
+                 "broadcast_dry_run", "broadcast_create", "broadcast_start", "broadcast_pause", "broadcast_resume",
+                 "broadcast_cancel", "broadcast_report")
 # Strings the console script needs, by catalog key (the page itself takes the rest through {{ tokens }}).
 SCRIPT_KEYS = (
     "staff.status.open", "staff.status.claimed", "staff.status.closed", "staff.claim", "staff.close",
@@ -136,13 +140,13 @@ async def staff_gate(request: web.Request,
 
 
 def _render(request: web.Request, name: str, extra: dict[str, str] | None = None, status: int = 200, *,
-            strings: bool = False) -> web.Response:
+            strings: bool = False, keys: tuple[str, ...] = SCRIPT_KEYS) -> web.Response:
     rt = request.app[RUNTIME]
     lang = _lang(request)
     html = (STATIC / name).read_text(encoding="utf-8")
     if strings:
         # JSON for the script, not HTML-escaped, and placed before any value could carry the marker itself.
-        html = html.replace("__STRINGS__", _strings(request))
+        html = html.replace("__STRINGS__", _strings(request, keys))
     values = extra or {}
 
     def token(match: re.Match[str]) -> str:
@@ -157,10 +161,10 @@ def _render(request: web.Request, name: str, extra: dict[str, str] | None = None
                         headers=SECURITY_HEADERS)
 
 
-def _strings(request: web.Request) -> str:
+def _strings(request: web.Request, keys: tuple[str, ...] = SCRIPT_KEYS) -> str:
     rt = request.app[RUNTIME]
     lang = _lang(request)
-    strings = {key: rt.catalog.text(key, lang) for key in SCRIPT_KEYS}
+    strings = {key: rt.catalog.text(key, lang) for key in keys}
     # Inside a JSON data block: escape what could end the element early.
     return json.dumps(strings, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e")
 
@@ -398,6 +402,10 @@ def setup(app: web.Application, rt: Runtime, tickets: TicketService, live: LiveH
     app[STREAMS] = OpenStreams()
     app.middlewares.append(staff_gate)
     routes(app)
+    # Broadcasts (issue 14): the page and API for admins; the service is put on the app by bot.broadcasts.
+    from bot.staff import broadcasts_api
+
+    broadcasts_api.routes(app)
 
     async def end_streams(_app: web.Application) -> None:
         for stop in list(app[STREAMS].stops):

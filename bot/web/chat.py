@@ -17,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import update
-from sqlmodel import col
 
 from bot import pow as proof_of_work
 from bot.abuse import Rule, client_address
 from bot.dispatch import Incoming, pick_lang
 from bot.runtime import Runtime
 from bot.step_store import ConflictError, UserRef
-from bot.storage import User, utcnow
+from bot.storage import utcnow
 from dialogs.intents import phone_in
 from dialogs.model import Event, Msg
 from dialogs.phones import parse_mainland_mobile
@@ -142,10 +140,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def _revoke(rt: Runtime, ref: str) -> None:
     """Ends a session: its row no longer answers to the token (retention purges it once idle)."""
-    async with rt.db.session() as session:
-        await session.exec(update(User).where(col(User.channel) == "web", col(User.external_id) == ref)
-                           .values(external_id="ended:" + secrets.token_hex(16), active=False))
-        await session.commit()
+    await rt.repository.end_web_session(ref)
     rt.dispatcher.forget_cached("web", ref)
 
 
@@ -236,10 +231,10 @@ async def post_message(request: web.Request) -> web.Response:
     incoming = Incoming(channel="web", external_id=ref, event=event,
                         dedupe_key=f"{user.id}:{client_id}" if client_id is not None else None, client=client)
     try:
-        messages = await rt.dispatcher.handle(incoming)
+        result = await rt.dispatcher.handle(incoming)
     except ConflictError:
         return _error(rt, 409, "busy", lang)
-    return web.json_response({"messages": messages}, dumps=_dumps)
+    return web.json_response({"messages": result.messages}, dumps=_dumps)
 
 
 async def get_messages(request: web.Request) -> web.Response:

@@ -249,6 +249,7 @@
     window.location.href = "/staff";
   });
   if (meta("role") === "admin") {
+    $("broadcasts-link").hidden = false;
     const toggle = $("audit-toggle");
     toggle.hidden = false;
     toggle.addEventListener("click", async () => {

@@ -202,8 +202,15 @@
       }
     }
   }
-  async function send(payload, shown) {
-    if (busy) return;
+  // One message at a time, in the order they were sent: what is typed or pressed while an answer is still on its
+  // way waits its turn instead of being dropped (the input was already cleared: it would be lost).
+  let queue = Promise.resolve();
+  function send(payload, shown) {
+    const turn = queue.then(() => sendNow(payload, shown));
+    queue = turn.catch(() => {});
+    return turn;
+  }
+  async function sendNow(payload, shown) {
     busy = true;
     const body = Object.assign({ id: newId() }, payload);
     if (shown) {
