@@ -4,12 +4,10 @@ the bot-wide pace, where every reply and push goes first. A 429 holds only its o
 
 from __future__ import annotations
 
-from bot.broadcasts import Delivery, Outcome
+from bot.broadcasts import SENT, Delivery, Outcome
 from bot.budgets import Budget, pace
 from bot.channels.telegram_render import Outgoing
 from bot.channels.telegram_send import Sender, Undeliverable
-
-SENT = Outcome("sent")
 
 
 class TelegramBroadcast:
