@@ -224,16 +224,7 @@ class CustomerServiceSender:
         if not user.active:
             self._park(user)
             return 0
-        now = utcnow()
-        last_message, last_click = await self._openings(user_id)
-        closed = self.closed_at.get(user_id)
-        if not self.caps.customer_service:
-            allowance = 0
-        elif closed is not None and not any(o is not None and o > closed for o in (last_message, last_click)):
-            allowance = 0
-        else:
-            self.closed_at.pop(user_id, None)
-            allowance = window_allowance(now, last_message, last_click, await self._recent_sends(user_id, now))
+        allowance = await self._allowance(user_id)
         sent = 0
         for unit in self._units(rows, user.lang):
             if allowance > 0:
@@ -262,6 +253,19 @@ class CustomerServiceSender:
             self._park(user)
             return sent
         return sent
+
+    async def _allowance(self, user_id: int) -> int:
+        """Customer-service messages this user may still get now, every worker's sends counted; 0 after WeChat
+        said the window was closed, until the user opens a new one. Call under the user's CS lock."""
+        if not self.caps.customer_service:
+            return 0
+        now = utcnow()
+        last_message, last_click = await self._openings(user_id)
+        closed = self.closed_at.get(user_id)
+        if closed is not None and not any(o is not None and o > closed for o in (last_message, last_click)):
+            return 0
+        self.closed_at.pop(user_id, None)
+        return window_allowance(now, last_message, last_click, await self._recent_sends(user_id, now))
 
     async def _openings(self, user_id: int) -> tuple[datetime | None, datetime | None]:
         async with self.rt.db.session() as session:
@@ -422,28 +426,20 @@ class WeChatBroadcast:
         sender = self.sender
         user_id, openid = delivery.user_id, delivery.address
         async with sender.rt.db.user_lock(user_id, space=CS_LOCK_SPACE):
-            if sender.caps.customer_service:
-                now = utcnow()
-                last_message, last_click = await sender._openings(user_id)
-                closed = sender.closed_at.get(user_id)
-                allowance = 0
-                if closed is None or any(o is not None and o > closed for o in (last_message, last_click)):
-                    allowance = window_allowance(now, last_message, last_click,
-                                                 await sender._recent_sends(user_id, now))
-                if allowance > 0:
-                    await pace(self.budget, "wechat:broadcast", self.rate)
-                    try:
-                        await sender.api.send_text(openid, clip(delivery.text, MAX_TEXT_BYTES, "…"))
-                    except WeChatApiError as exc:
-                        outcome = self._refused(exc, user_id, template=False)
-                        if outcome is not None:
-                            return outcome
-                    except WeChatUnavailable:
-                        return Outcome("retry", "unavailable", retry_after=30.0)
-                    else:
-                        await sender._record_send(user_id)
-                        metrics.SENDS.labels(CHANNEL, "ok").inc()
-                        return Outcome("sent")
+            if await sender._allowance(user_id) > 0:
+                await pace(self.budget, "wechat:broadcast", self.rate)
+                try:
+                    await sender.api.send_text(openid, clip(delivery.text, MAX_TEXT_BYTES, "…"))
+                except WeChatApiError as exc:
+                    outcome = self._refused(exc, user_id, template=False)
+                    if outcome is not None:
+                        return outcome
+                except WeChatUnavailable:
+                    return Outcome("retry", "unavailable", retry_after=30.0)
+                else:
+                    await sender._record_send(user_id)
+                    metrics.SENDS.labels(CHANNEL, "ok").inc()
+                    return Outcome("sent")
             if sender.template_id:
                 await pace(self.budget, "wechat:broadcast", self.rate)
                 when = utcnow().astimezone(TZ).strftime("%Y-%m-%d %H:%M")
