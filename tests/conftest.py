@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -9,6 +10,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,23 @@ async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
     srv = await start_server(make_settings(tmp_path))
     yield srv
     await srv.stop()
+
+
+async def first_retention_round(server: RunningServer) -> None:
+    """Waits until the server's scheduler has run its first retention purge (due at start, then hourly), so a test
+    that backdates rows and purges them itself is not raced by the scheduler's own first round on a loaded machine."""
+    from sqlmodel import select
+
+    from bot.storage import Job
+
+    for _ in range(1000):
+        async with server.runtime.db.session() as session:
+            job = (await session.exec(select(Job).where(Job.key == "retention.purge"))).first()
+        if job is not None and job.status == "pending" \
+                and job.due_at.replace(tzinfo=None) > datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=30):
+            return  # rescheduled an hour on: the first round is over
+        await asyncio.sleep(0.02)
+    raise AssertionError("the scheduler never ran its first retention purge")
 
 
 @dataclass

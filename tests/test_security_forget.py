@@ -19,7 +19,7 @@ from bot.retention import purge_idle_users
 from bot.server import RunningServer, start_server
 from bot.storage import AbuseCounter, InboxItem, OutboxMessage, UnbindRequestRow, User, Verification
 from integrations.registry import sign_callback
-from tests.conftest import Chat, make_settings
+from tests.conftest import Chat, first_retention_round, make_settings
 
 
 @pytest.fixture
@@ -75,6 +75,7 @@ async def test_new_chat_ends_the_old_session(server: RunningServer, http: aiohtt
 async def test_an_idle_session_expires_and_retention_purges_it(server: RunningServer, chat: Chat,
                                                                http: aiohttp.ClientSession) -> None:
     await chat.say("/start")
+    await first_retention_round(server)
     rt = server.runtime
     idle = timedelta(hours=rt.settings.web_session_idle_hours + 1)
     async with rt.db.session() as session:
@@ -153,11 +154,14 @@ async def test_retention_purges_silent_channel_users_and_orphan_people(server: R
     from bot.storage import Conversation, Person
 
     rt = server.runtime
-    long_ago = datetime.now(UTC) - timedelta(days=rt.settings.user_idle_days + 1)
+    # Rows seen just now, purged on a clock a year and two days ahead: the server's own scheduler (real clock)
+    # can run at any moment during the test and must find nothing to purge, or it would take our rows first.
+    seen = datetime.now(UTC)
+    later = seen + timedelta(days=rt.settings.user_idle_days + 2)
     async with rt.db.session() as session:
-        person = Person(phone_hash="h" * 64, tenure_start="2020-01-01", last_seen_at=long_ago)
+        person = Person(phone_hash="h" * 64, tenure_start="2020-01-01", last_seen_at=seen)
         session.add(person)
-        silent = User(channel="telegram", external_id="424242", last_seen_at=long_ago)
+        silent = User(channel="telegram", external_id="424242", last_seen_at=seen)
         session.add(silent)
         await session.commit()
         assert silent.id is not None
@@ -165,7 +169,7 @@ async def test_retention_purges_silent_channel_users_and_orphan_people(server: R
         session.add(OutboxMessage(user_id=silent.id, channel="telegram", seq=1, payload='{"text": "138****8000"}',
                                   status="sent"))
         await session.commit()
-    assert await purge_idle_users(rt.db, idle_days=rt.settings.user_idle_days) == 2
+    assert await purge_idle_users(rt.db, later, idle_days=rt.settings.user_idle_days) == 2
     async with rt.db.session() as session:
         assert await session.get(User, silent.id) is not None  # the bare row: their next message finds them
         assert await session.get(Conversation, silent.id) is None
