@@ -39,8 +39,8 @@ OPEN_PATHS = {("GET", "/staff"), ("POST", "/staff/login"), ("GET", "/staff/login
 MAX_BODY = 64 * 1024
 KEEPALIVE_SECONDS = 15.0
 _PAGE_TOKENS = re.compile(r"\{\{\s*([A-Za-z_.]+)\s*\}\}")
-_STATIC_FILES = {"console.js": "application/javascript", "console.css": "text/css",
-                 "broadcasts.js": "application/javascript"}
+_STATIC_FILES = {"common.js": "application/javascript", "console.js": "application/javascript",
+                 "console.css": "text/css", "broadcasts.js": "application/javascript"}
 AUDIT_ACTIONS = ("login", "login_failed", "logout", "view", "claim", "assign", "reply", "close",
                  # bot/staff/broadcasts_api.py
                  "broadcast_dry_run", "broadcast_create", "broadcast_start", "broadcast_pause", "broadcast_resume",

@@ -3,60 +3,15 @@
 // resume or cancel; the CSV report when it is done. Everything shown is set as text, never as HTML.
 "use strict";
 (function () {
-  const S = JSON.parse(document.getElementById("strings").textContent);
-  const csrf = document.querySelector('meta[name="csrf"]').content;
-  const $ = (id) => document.getElementById(id);
+  const { S, $, el, when, fill, api, showError } = window.HaoqingStaff;
   const LANGS = ["zh_CN", "en"];
   const CHANNELS = ["telegram", "wechat", "web"];
   const FINISHED = ["done", "cancelled"];
   const view = { watching: null, timer: null, dryKey: null, previewTimer: null, lastStatus: null,
                  textsError: false };
 
-  function el(tag, props, ...children) {
-    const node = document.createElement(tag);
-    Object.assign(node, props || {});
-    for (const child of children) {
-      if (child !== null && child !== undefined) node.append(child);
-    }
-    return node;
-  }
-
-  function fill(template, values) {
-    return template.replace(/\{(\w+)\}/g, (_m, key) => (key in values ? String(values[key]) : ""));
-  }
-
-  function when(iso) {
-    if (!iso) return "";
-    const d = new Date(iso);
-    const pad = (n) => String(n).padStart(2, "0");
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
-  }
-
   const channelName = (c) => S["staff.channel." + c] || c;
   const statusName = (s) => S["staff.bc.status." + s] || s;
-
-  async function api(method, path, body) {
-    const headers = { Accept: "application/json" };
-    if (method !== "GET") headers["X-CSRF-Token"] = csrf;
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body),
-                                          credentials: "same-origin" });
-    if (response.status === 401) {
-      window.location.href = "/staff";
-      throw new Error("login required");
-    }
-    const payload = await response.json().catch(() => ({}));
-    if (!response.ok) {
-      const error = new Error(payload.message || S["staff.error.generic"]);
-      error.code = payload.error;
-      throw error;
-    }
-    return payload;
-  }
-
-  function showError(error) {
-    $("error").textContent = error ? (error.message || S["staff.error.generic"]) : "";
-  }
 
   // --- compose ---------------------------------------------------------------------------------------------
   function texts() {
