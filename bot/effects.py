@@ -101,7 +101,7 @@ def runs(kind: str) -> Callable[[RunnerT], RunnerT]:
 class TicketDesk(Protocol):
     """What the handoff dialog's effects ask of the ticket service (bot/staff/tickets.py TicketService)."""
 
-    async def open(self, user_id: int, reason: str) -> dict[str, Any]: ...
+    async def open(self, user_id: int, reason: str) -> results.TicketOpened: ...
 
     async def user_message(self, user_id: int, text: str, delivery_key: str) -> None: ...
 
@@ -533,12 +533,12 @@ class EffectRunner:
         return {"ok": True, "plan": plan}
 
     @runs("plan.mark")
-    async def _plan_mark(self, args: Mapping[str, Any], ctx: EffectContext) -> results.PlanView:
+    async def _plan_mark(self, args: Mapping[str, Any], ctx: EffectContext) -> results.PlanMarked:
         item_id = args.get("item_id")
         if not isinstance(item_id, int):
-            return {"ok": False}
+            return {"ok": False, "reason": "unavailable"}
         plan = await self.plans.mark(_uid(ctx), item_id, str(args.get("action")), ctx.now)
-        return {"ok": plan is not None, "plan": plan}
+        return {"ok": plan is not None, "plan": plan, "item_id": item_id}
 
     @runs("plan.cancel")
     async def _plan_cancel(self, args: Mapping[str, Any], ctx: EffectContext) -> results.Done:
@@ -553,7 +553,7 @@ class EffectRunner:
 
     # --- staff handoff (issue 13): the ticket behind the handoff dialog (bot/staff/tickets.py) ---
     @runs("ticket.open")
-    async def _ticket_open(self, args: Mapping[str, Any], ctx: EffectContext) -> dict[str, Any]:
+    async def _ticket_open(self, args: Mapping[str, Any], ctx: EffectContext) -> results.TicketOpened:
         if self.tickets is None:
             return {"ok": False, "reason": "unavailable"}
         return await self.tickets.open(_uid(ctx), str(args.get("reason") or "asked"))

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlmodel import select
 
 from bot.jobs import JobOutcome, JobScheduler
 from bot.people import recipient
-from bot.storage import Job, UnbindRequestRow, User
+from bot.plans import StagePush
+from bot.storage import Database, Job, UnbindRequestRow, User
 from dialogs import escalation
 from dialogs.model import Msg, Reply
 from domain import beijing
-from integrations.registry import RegistryError
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
+from integrations.platform_directory import PlatformDirectory
+from integrations.registry import RegistryClient, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -39,53 +38,64 @@ def finished_on(row: UnbindRequestRow) -> str:
     return beijing.today(moment).isoformat()
 
 
-def with_appeals(rt: Runtime, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Adds each platform's appeal channel (rung 1) to the tracker's items."""
-    for item in items:
-        for platform in item.get("platforms", []):
-            known = rt.directory.get(platform["platform"])
-            if known is not None:
-                platform.update(appeal_zh=known.appeal_zh, appeal_en=known.appeal_en, appeal_days=known.appeal_days)
-    return items
-
-
-async def carrier_of(rt: Runtime, phone: str) -> str:
-    """The number's real carrier (after porting): rung 2 is its complaint line. '' when the registry is down."""
-    try:
-        info = await rt.registry.number_info(phone)
-    except RegistryError:
-        return ""
-    return str(info.carrier) if info is not None else ""
-
-
-async def schedule_rungs(rt: Runtime, row: UnbindRequestRow, items: list[Mapping[str, Any]]) -> None:
-    """When a request ends with a rejection, a reminder for the day each later rung opens."""
-    if row.id is None or not any(i.get("status") == "rejected" for i in items):
-        return
-    days = max((rt.directory.get(str(i["platform"])).appeal_days  # type: ignore[union-attr]
-                if rt.directory.get(str(i["platform"])) else escalation.DEFAULT_APPEAL_DAYS)
-               for i in items if i.get("status") == "rejected")
-    for kind, key, payload, due in _rung_jobs(row.id, date.fromisoformat(finished_on(row)), days):
-        await rt.jobs.schedule(kind, key, payload, due)
-
-
 def _rung_jobs(request_id: int, started: date, days: int) -> list[tuple[str, str, Mapping[str, Any], datetime]]:
     steps = escalation.ladder(started, days)
     return [(JOB, f"esc:{request_id}:{rung}", {"request_id": request_id, "rung": rung},
              beijing.moment(opens, REMIND_AT)) for rung, opens in ((2, steps.carrier_opens), (3, steps.miit_opens))]
 
 
-async def schedule_overdue(rt: Runtime, reference: str, due: str) -> None:
-    """A check the day after the due date: a request still open then is overdue, and its ladder starts."""
-    day = date.fromisoformat(due) + timedelta(days=1)
-    await rt.jobs.schedule(OVERDUE_JOB, f"esc-due:{reference}", {"reference": reference},
-                           beijing.moment(day, REMIND_AT))
+class EscalationLadder:
+    """Each service gets what it uses: the database and the job scheduler, the platform directory, the registry
+    (a provider: the client is replaced once the server knows its port) and the staging of pushes."""
 
+    def __init__(self, *, db: Database, jobs: JobScheduler, directory: PlatformDirectory,
+                 registry: Callable[[], RegistryClient], stage_push: StagePush) -> None:
+        self.db, self.jobs, self.directory = db, jobs, directory
+        self._registry = registry
+        # A rung's reminder is queued in the transaction that completes its job (bot/dispatch.py Pushes).
+        self.stage_push = stage_push
 
-def register_jobs(rt: Runtime, scheduler: JobScheduler) -> None:
-    async def rung_opens(job: Job, now: datetime) -> JobOutcome | None:
+    def with_appeals(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Adds each platform's appeal channel (rung 1) to the tracker's items."""
+        for item in items:
+            for platform in item.get("platforms", []):
+                known = self.directory.get(platform["platform"])
+                if known is not None:
+                    platform.update(appeal_zh=known.appeal_zh, appeal_en=known.appeal_en,
+                                    appeal_days=known.appeal_days)
+        return items
+
+    async def carrier_of(self, phone: str) -> str:
+        """The number's real carrier (after porting): rung 2 is its complaint line. '' when the registry is down."""
+        try:
+            info = await self._registry().number_info(phone)
+        except RegistryError:
+            return ""
+        return str(info.carrier) if info is not None else ""
+
+    async def schedule_rungs(self, row: UnbindRequestRow, items: list[Mapping[str, Any]]) -> None:
+        """When a request ends with a rejection, a reminder for the day each later rung opens."""
+        if row.id is None or not any(i.get("status") == "rejected" for i in items):
+            return
+        days = max((known.appeal_days if (known := self.directory.get(str(i["platform"]))) is not None
+                    else escalation.DEFAULT_APPEAL_DAYS)
+                   for i in items if i.get("status") == "rejected")
+        for kind, key, payload, due in _rung_jobs(row.id, date.fromisoformat(finished_on(row)), days):
+            await self.jobs.schedule(kind, key, payload, due)
+
+    async def schedule_overdue(self, reference: str, due: str) -> None:
+        """A check the day after the due date: a request still open then is overdue, and its ladder starts."""
+        day = date.fromisoformat(due) + timedelta(days=1)
+        await self.jobs.schedule(OVERDUE_JOB, f"esc-due:{reference}", {"reference": reference},
+                                 beijing.moment(day, REMIND_AT))
+
+    def register_jobs(self, scheduler: JobScheduler) -> None:
+        scheduler.register(JOB, self._rung_opens)
+        scheduler.register(OVERDUE_JOB, self._overdue)
+
+    async def _rung_opens(self, job: Job, now: datetime) -> JobOutcome | None:
         payload = json.loads(job.payload)
-        async with rt.db.session() as session:
+        async with self.db.session() as session:
             row = await session.get(UnbindRequestRow, int(payload["request_id"]))
             target = await recipient(session, row.person_id, row.user_id) if row else None
             user = await session.get(User, target) if target is not None else None
@@ -99,17 +109,18 @@ def register_jobs(rt: Runtime, scheduler: JobScheduler) -> None:
                                                "what": Msg(f"escalation.rung.{escalation.RUNGS[rung - 1]}")})
         user_id, channel, reference = user.id, user.channel, row.reference
         assert user_id is not None
+        stage_push = self.stage_push
 
         async def stage(session: Any) -> None:
             # Committed with the job's completion: a crash never sends it twice or loses it.
-            await rt.dispatcher.stage_push(session, user_id, [Reply(message)], channel=channel)
+            await stage_push(session, user_id, [Reply(message)], channel=channel)
 
         log.info("escalation rung reminder", extra={"reference": reference, "rung": rung})
         return JobOutcome(stage=stage)
 
-    async def overdue(job: Job, now: datetime) -> JobOutcome | None:
+    async def _overdue(self, job: Job, now: datetime) -> JobOutcome | None:
         reference = str(json.loads(job.payload)["reference"])
-        async with rt.db.session() as session:
+        async with self.db.session() as session:
             row = (await session.exec(select(UnbindRequestRow).where(UnbindRequestRow.reference == reference))).first()
             target = await recipient(session, row.person_id, row.user_id) if row else None
             user = await session.get(User, target) if target is not None else None
@@ -120,11 +131,9 @@ def register_jobs(rt: Runtime, scheduler: JobScheduler) -> None:
             return JobOutcome(follow_ups=follow)
         user_id, channel = user.id, user.channel
         message = Msg("escalation.overdue_push", {"reference": reference, "due": row.due_date})
+        stage_push = self.stage_push
 
         async def stage(session: Any) -> None:
-            await rt.dispatcher.stage_push(session, user_id, [Reply(message)], channel=channel)
+            await stage_push(session, user_id, [Reply(message)], channel=channel)
 
         return JobOutcome(stage=stage, follow_ups=follow)
-
-    scheduler.register(JOB, rung_opens)
-    scheduler.register(OVERDUE_JOB, overdue)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING
 
-from bot import escalation
 from bot.abuse import Limits, counters_for
 from bot.budgets import Budget, budget_for
 from bot.config import Settings
 from bot.dispatch import Dispatcher, Pushes
 from bot.effects import EffectRunner, EscalationHooks
+from bot.escalation import EscalationLadder
 from bot.i18n import Catalog
 from bot.jobs import JobScheduler
 from bot.locks import KeyedLocks
@@ -56,6 +55,8 @@ class Runtime:
     unbind: UnbindService = field(init=False)
     jobs: JobScheduler = field(init=False)
     plans: PlanService = field(init=False)
+    # The escalation ladder's reminders and what the tracker shows of it (bot/escalation.py).
+    escalation: EscalationLadder = field(init=False)
     # Messages the user did not ask for, queued in the outbox (status changes, reminders, staff replies).
     pushes: Pushes = field(init=False)
     # What the channel adapters read and write about users, the outbox and staff topics (bot/repository.py).
@@ -75,17 +76,19 @@ class Runtime:
         self.pushes = Pushes(db, self.catalog)
         self.people = PeopleService(db, vault, self.jobs, registry)
         self.otp = OtpService(db, vault, self.sms, settings, self.limits)
+        self.escalation = EscalationLadder(db=db, jobs=self.jobs, directory=self.directory, registry=registry,
+                                           stage_push=self.pushes.stage_push)
         self.unbind = UnbindService(db=db, vault=vault, registry=registry, callback_url=lambda: self.callback_url,
-                                    push=self.pushes.push, schedule_rungs=partial(escalation.schedule_rungs, self))
+                                    push=self.pushes.push, schedule_rungs=self.escalation.schedule_rungs)
         self.plans = PlanService(db=db, vault=vault, catalog=self.catalog, jobs=self.jobs, directory=self.directory,
                                  registry=registry, stage_push=self.pushes.stage_push,
                                  offsets_days=settings.reminder_offsets_days)
         self.effects = EffectRunner(
             db=db, vault=vault, catalog=self.catalog, settings=settings, limits=self.limits, registry=registry,
             directory=self.directory, otp=self.otp, people=self.people, unbind=self.unbind, plans=self.plans,
-            escalation=EscalationHooks(with_appeals=partial(escalation.with_appeals, self),
-                                       carrier_of=partial(escalation.carrier_of, self),
-                                       schedule_overdue=partial(escalation.schedule_overdue, self)),
+            escalation=EscalationHooks(with_appeals=self.escalation.with_appeals,
+                                       carrier_of=self.escalation.carrier_of,
+                                       schedule_overdue=self.escalation.schedule_overdue),
             tickets=lambda: self.tickets)
         self.steps = step_store_for(db)
         self.dispatcher = Dispatcher(steps=self.steps, locks=self.locks, db=db, effects=self.effects,

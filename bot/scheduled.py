@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from bot import escalation
 from bot.jobs import JobOutcome
 from bot.retention import purge_expired, purge_idle_users
 from bot.storage import Job
@@ -30,4 +29,4 @@ def register_jobs(rt: Runtime) -> None:
     rt.jobs.register("unbind.sweep", unbind_sweep)
     rt.jobs.register("retention.purge", retention_purge)
     rt.plans.register_jobs(rt.jobs)
-    escalation.register_jobs(rt, rt.jobs)
+    rt.escalation.register_jobs(rt.jobs)

@@ -462,14 +462,30 @@ class BroadcastCount(SQLModel, table=True):
     count: int = 0
 
 
-POOL_SIZE, POOL_OVERFLOW = 10, 10
-LOCK_SLOTS = 8
+# PostgreSQL connections, per worker process. The hot path (a step: its user lock, inbox, conversation and outbox
+# statements) runs on the step store's own asyncpg pool (bot/step_store.py, PG_POOL_SIZE = 8); this ORM pool
+# serves the rest: effect runners inside a step (at most PG_LOCK_SLOTS = 6 steps run at once), the outbox senders
+# and the broadcast engine, jobs, the staff console, the shared send budget without Redis, the WeChat token and
+# customer-service locks. A worker opens at most POOL_SIZE + POOL_OVERFLOW here, PG_POOL_SIZE there, and one
+# LISTEN connection for the staff console without Redis: 12 + 8 + 1 = 21. `serve --workers 4` so stays at 84,
+# under PostgreSQL's default max_connections (100, 3 of them reserved for superusers) with room for migrations
+# and an operator's psql; it was 20 + 8 + 1 = 29 a worker, 116 for four, which PostgreSQL refuses under load
+# ("too many clients already"). More workers need max_connections raised (or a pooler such as PgBouncer).
+# At most LOCK_SLOTS of these connections hold an advisory lock (the WeChat customer-service lock, which holds its
+# connection through the API call), and a lock holder needs a second connection for its queries: half the pool
+# stays free for everyone else, so locks can never starve the queries they wait for.
+# When every connection is busy a session waits for one, up to POOL_TIMEOUT seconds; then SQLAlchemy's pool
+# raises TimeoutError, which `storage_unavailable` counts as the database being unavailable: the channel gets a
+# 503 and delivers again, rather than a 500 that Telegram's webhook counts towards giving the update up.
+POOL_SIZE, POOL_OVERFLOW, POOL_TIMEOUT = 6, 6, 30.0
+LOCK_SLOTS = 6
 
 
 class Database:
     """The engine plus a session factory; SQLite gets WAL, a busy timeout and a single writer."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = POOL_SIZE,
+                 max_overflow: int = POOL_OVERFLOW, pool_timeout: float = POOL_TIMEOUT) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo}
@@ -477,12 +493,14 @@ class Database:
             # One connection: SQLite has one writer anyway, and this avoids SQLITE_BUSY upgrade deadlocks.
             kwargs.update(pool_size=1, max_overflow=0, connect_args={"timeout": 30})
         else:
-            kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=True)
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout,
+                          pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
-        # A per-user advisory lock holds a pooled connection for the whole step, and the step needs others to do
-        # its work: without a cap, a burst of distinct users takes every connection for locks and the steps
-        # inside them wait for the pool until it times out. At most this many locks are held (or awaited) at once.
-        self._lock_slots = asyncio.Semaphore(LOCK_SLOTS)
+        # A per-user advisory lock holds a pooled connection for the whole time, and its holder needs others to
+        # do its work: without a cap, a burst of distinct users takes every connection for locks and the work
+        # inside them waits for the pool until it times out. At most this many locks are held (or awaited) at once,
+        # never more than half the pool.
+        self._lock_slots = asyncio.Semaphore(max(1, min(LOCK_SLOTS, (pool_size + max_overflow) // 2)))
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
@@ -562,10 +580,13 @@ def storage_unavailable(exc: BaseException | None) -> bool:
     """True when `exc`, or what caused it, means the database cannot be reached right now (down, restarting,
     refusing connections), as opposed to a bug: the caller answers 503 so the channel delivers again later."""
     from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     seen = 0
     while exc is not None and seen < 5:
-        if isinstance(exc, OperationalError | ConnectionError | TimeoutError):
+        # PoolTimeout: every pooled connection stayed busy for POOL_TIMEOUT seconds; the database is overloaded
+        # for now, not this request's fault.
+        if isinstance(exc, OperationalError | ConnectionError | TimeoutError | PoolTimeout):
             return True
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return True

@@ -14,7 +14,7 @@ from typing import Any
 
 from dialogs.dates import parse_plan_date
 from dialogs.model import Choice, Ctx, Edge, Effect, Flow, Lines, Localized, MenuEntry, Msg, Reply, Step
-from dialogs.results import PlanView, answer
+from dialogs.results import PlanMarked, PlanView, answer
 from dialogs.verify import verified_recently
 from domain import beijing
 
@@ -120,15 +120,17 @@ def _with_plan(ctx: Ctx, plan: Mapping[str, Any], *before: Reply) -> Step:
 
 
 def _marked(ctx: Ctx) -> Step:
-    """A tick or snooze came back: say what changed in one line."""
-    view = answer(ctx.event, PlanView)
-    plan = view.get("plan")
-    if not view.get("ok") or not isinstance(plan, dict):
+    """A tick or snooze came back: say what changed in one line, about the item the runner says it changed."""
+    marked = answer(ctx.event, PlanMarked)
+    plan = marked.get("plan")
+    if not marked["ok"] or not isinstance(plan, dict):
         return Step(VIEW, ctx.with_data(plan_item=None),
                     (Reply(Msg("lookup.unavailable"), error=True), _view_reply(ctx)))
     data = ctx.with_data(plan=dict(plan), plan_item=None)
     fresh = Ctx(VIEW, data, ctx.event)
-    item_id = ctx.event.result.get("item_id", ctx.data.get("plan_item"))
+    # The runner's word for which item changed; an outcome kept from before it said so (a replay within the day
+    # outcomes are kept) falls back to the item this conversation asked about.
+    item_id = marked.get("item_id", ctx.data.get("plan_item"))
     numbered = [(n, i) for n, i in enumerate(_items(fresh), start=1) if i["id"] == item_id]
     left = len(_open_numbered(fresh))
     if not numbered:
@@ -244,9 +246,10 @@ def _saved_note(plan: Mapping[str, Any]) -> Msg:
 def _date(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "result" and event.effect == "plan.save":
-        if not event.result.get("ok"):
+        saved = answer(event, PlanView)
+        plan = saved.get("plan")
+        if not saved["ok"] or not isinstance(plan, dict):
             return Step("@menu", ctx.data, (Reply(Msg("lookup.unavailable"), error=True),))
-        plan = event.result["plan"]
         return _with_plan(ctx, plan, Reply(_saved_note(plan)))
     if event.kind == "choice" and event.choice == "menu":
         return Step("@menu", ctx.data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dialogs.model import Choice, Ctx, Edge, Effect, Event, Flow, MenuEntry, Msg, Reply, Step
+from dialogs.results import StaffJoined, TicketOpened, answer
 
 WAITING = "handoff.waiting"
 WITH_STAFF = "handoff.with_staff"
@@ -75,7 +76,7 @@ def _staff_result(ctx: Ctx) -> Step | None:
     if event.effect == "handoff.timeout":
         return Step("@menu", _cleared(ctx), (Reply(Msg("handoff.timeout")),))
     if event.effect == "handoff.claimed":
-        staff = str(event.result.get("staff") or "")
+        staff = answer(event, StaffJoined).get("staff", "")
         joined = Reply(Msg("handoff.joined", {"staff": staff}))
         if ctx.state == CONFIRM_LEAVE:
             data = ctx.with_data(handoff_by=staff, handoff_return=WITH_STAFF)
@@ -86,18 +87,18 @@ def _staff_result(ctx: Ctx) -> Step | None:
 
 def _opened(ctx: Ctx) -> Step:
     """The answer to `ticket.open`: the place in the queue, or when staff will be back."""
-    result = ctx.event.result
-    if not result.get("ok"):
+    opened = answer(ctx.event, TicketOpened)
+    if not opened["ok"]:
         return Step("@menu", _cleared(ctx), (Reply(Msg("handoff.unavailable"), error=True),))
-    if result.get("status") == "claimed":
-        staff = str(result.get("staff") or "")
+    if opened.get("status") == "claimed":
+        staff = opened.get("staff") or ""
         data = ctx.with_data(handoff_by=staff)
         return Step(WITH_STAFF, data, (Reply(Msg("handoff.with_staff_note", {"staff": staff})),))
-    if not result.get("in_hours"):
-        msg = Msg("handoff.off_hours", {"hours": str(result.get("hours", "")), "when": str(result.get("opens_at", ""))})
+    if not opened.get("in_hours"):
+        msg = Msg("handoff.off_hours", {"hours": opened.get("hours", ""), "when": opened.get("opens_at", "")})
     else:
-        msg = Msg("handoff.queued", {"position": int(result.get("position") or 1),
-                                     "minutes": int(result.get("wait_minutes") or 1)})
+        msg = Msg("handoff.queued", {"position": opened.get("position") or 1,
+                                     "minutes": opened.get("wait_minutes") or 1})
     return Step(WAITING, ctx.data, (Reply(msg, (_leave_choice(),)),))
 
 

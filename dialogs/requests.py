@@ -127,6 +127,7 @@ FLOW = Flow(
     name="requests",
     handlers={VIEW: _view, LADDER: _ladder},
     edges=(Edge(VIEW, "@menu", "back"), Edge(VIEW, LADDER, "next steps for a rejected / overdue one"),
+           Edge(VIEW, "@verify", "refresh, no number verified"),
            Edge(LADDER, VIEW, "back to the list"), Edge(LADDER, "@menu", "back")),
     starters={"requests": start},
     entries=(Edge("@requests", VIEW, "verified in this chat"), Edge("@requests", "@verify", "needs verification")),

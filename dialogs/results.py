@@ -173,3 +173,36 @@ class PlanView(TypedDict, total=False):
     ok: Required[bool]
     reason: str
     plan: dict[str, Any] | None
+
+
+class PlanMarked(TypedDict, total=False):
+    """A tick, snooze or untick: the plan as it now stands, and which item the runner changed (the dialog names
+    that item in its one-line answer)."""
+
+    ok: Required[bool]
+    reason: str
+    plan: dict[str, Any] | None
+    item_id: int
+
+
+class TicketOpened(TypedDict, total=False):
+    """The user's ticket (new, or the one already open): where it stands in the queue, or who holds it, and when
+    staff are next in."""
+
+    ok: Required[bool]
+    reason: str
+    ticket: int
+    status: str
+    staff: str | None
+    position: int
+    wait_minutes: int
+    in_hours: bool
+    hours: str
+    opens_at: str
+
+
+class StaffJoined(TypedDict):
+    """Not an effect's answer: what the ticket service sends into the conversation (`handoff.claimed`) when a staff
+    member claims the ticket or is handed it."""
+
+    staff: str

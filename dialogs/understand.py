@@ -12,6 +12,7 @@ from typing import Any
 
 from dialogs.intents import TARGETS, IntentModel, Understanding
 from dialogs.model import Choice, Ctx, Effect, Event, Msg, Reply, Step
+from dialogs.results import PhoneSealed, answer
 
 GO = "go:"
 PHONE_CHOICES = ("phone_lookup", "phone_recycle")
@@ -93,7 +94,7 @@ def after_handler(ctx: Ctx, raw: Step, model: IntentModel | None) -> Step | None
 
 def phone_sealed(ctx: Ctx) -> Step:
     """The typed number is sealed: go where the message said, or ask what it is for."""
-    result = ctx.event.result
+    result = answer(ctx.event, PhoneSealed)
     if not result.get("ok"):
         return Step("@menu", ctx.data, (Reply(Msg("lookup.unavailable"), error=True),))
     data = ctx.with_data(typed_phone={"sealed": str(result["sealed"]), "masked": str(result["masked"])})

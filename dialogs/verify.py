@@ -131,7 +131,7 @@ def _phone(ctx: Ctx) -> Step:
     if event.kind == "result" and event.effect in ("otp.send", "contact.verify"):
         if event.effect == "contact.verify":
             return _verified(ctx)
-        return _sent(ctx) if event.result.get("ok") else _send_failure(ctx, PHONE)
+        return _sent(ctx) if answer(event, CodeSent)["ok"] else _send_failure(ctx, PHONE)
     if event.kind == "choice" and event.choice == "menu":
         return Step("@menu", ctx.data)
     if event.kind == "contact":
@@ -159,7 +159,7 @@ _CODE_RE = re.compile(r"\d{6}")
 def _code(ctx: Ctx) -> Step:
     event = ctx.event
     if event.kind == "result" and event.effect in ("otp.send", "otp.resend"):
-        return _sent(ctx) if event.result.get("ok") else _send_failure(ctx, CODE)
+        return _sent(ctx) if answer(event, CodeSent)["ok"] else _send_failure(ctx, CODE)
     if event.kind == "result" and event.effect == "otp.check":
         return _checked(ctx)
     if event.kind == "choice":

@@ -203,3 +203,78 @@ def test_the_letter_with_the_full_number_is_kept_only_in_its_masked_form() -> No
     assert "13800138000" in CATALOG.render(letter.msg, "zh_CN")
     assert letter.kept is not None and "13800138000" not in CATALOG.render(letter.kept, "zh_CN")
     assert "13800138000" not in str(step.data)
+
+
+# The handoff flow reads `ticket.open`'s answer as dialogs/results.py TicketOpened.
+OPENED = {"ok": True, "ticket": 4, "status": "open", "staff": None, "position": 2, "wait_minutes": 10,
+          "in_hours": True, "hours": "09:00-18:00", "opens_at": "明天 09:00"}
+HANDOFF: list[Row] = [
+    ("menu", {}, choice("human"), "handoff.waiting", ["handoff.connecting"], ["ticket.open"]),
+    ("handoff.waiting", {}, result("ticket.open", **OPENED), "handoff.waiting", ["handoff.queued"], []),
+    ("handoff.waiting", {}, result("ticket.open", **{**OPENED, "in_hours": False}), "handoff.waiting",
+     ["handoff.off_hours"], []),
+    ("handoff.waiting", {}, result("ticket.open", **{**OPENED, "status": "claimed", "staff": "alice"}),
+     "handoff.with_staff", ["handoff.with_staff_note"], []),
+    ("handoff.waiting", {}, result("ticket.open", ok=False, reason="unavailable"), "menu",
+     ["handoff.unavailable", "menu.prompt"], []),
+    ("handoff.waiting", {}, result("handoff.claimed", staff="alice"), "handoff.with_staff", ["handoff.joined"], []),
+]
+
+
+@pytest.mark.parametrize("row", HANDOFF, ids=lambda r: f"{r[0]}+{r[2].kind}:{r[2].choice or r[2].effect}")
+def test_handoff(row: Row) -> None:
+    step = check(row)
+    if step.replies and step.replies[0].msg.key == "handoff.queued":
+        assert step.replies[0].msg.params == {"position": 2, "minutes": 10}
+    if step.state == "handoff.with_staff":
+        assert step.data["handoff_by"] == "alice"
+
+
+# The plan flow names the item `plan.mark`'s answer (dialogs/results.py PlanMarked) says it changed.
+def plan_item(item_id: int, name: str, *, done: bool = False, snoozed: str | None = None) -> dict[str, Any]:
+    return {"id": item_id, "name_zh": name, "name_en": name, "done": done, "snoozed_until": snoozed}
+
+
+PLAN_BEFORE = {"date": "2026-12-31", "days_left": 36, "done": 0, "total": 3,
+               "items": [plan_item(11, "银行卡"), plan_item(12, "微信"), plan_item(13, "SIM")]}
+PLAN_AFTER = {**PLAN_BEFORE, "done": 1,
+              "items": [plan_item(11, "银行卡"), plan_item(12, "微信", done=True), plan_item(13, "SIM")]}
+PLAN_SNOOZED = {**PLAN_BEFORE, "items": [plan_item(11, "银行卡"), plan_item(12, "微信"),
+                                         plan_item(13, "SIM", snoozed="2026-12-02")]}
+PLAN: list[Row] = [
+    # The conversation no longer says which item was asked about (or says another): the answer decides.
+    ("plan.view", {"plan": PLAN_BEFORE}, result("plan.mark", ok=True, plan=PLAN_AFTER, item_id=12), "plan.view",
+     ["plan.ticked"], []),
+    ("plan.view", {"plan": PLAN_BEFORE, "plan_item": 13}, result("plan.mark", ok=True, plan=PLAN_AFTER, item_id=12),
+     "plan.view", ["plan.ticked"], []),
+    ("plan.item", {"plan": PLAN_BEFORE, "plan_item": 13}, result("plan.mark", ok=True, plan=PLAN_SNOOZED,
+                                                                  item_id=13), "plan.view", ["plan.snoozed"], []),
+    ("plan.view", {"plan": PLAN_BEFORE, "plan_item": 12}, result("plan.mark", ok=False, reason="unavailable"),
+     "plan.view", ["lookup.unavailable", "plan.view"], []),
+    ("plan.view", {"plan": PLAN_BEFORE}, text("2"), "plan.view", [], ["plan.mark"]),
+    ("plan.item", {"plan": PLAN_BEFORE, "plan_item": 13}, choice("snooze"), "plan.item", [], ["plan.mark"]),
+]
+
+
+@pytest.mark.parametrize("row", PLAN, ids=lambda r: f"{r[0]}+{r[2].kind}:{r[2].choice or r[2].effect or r[2].text}")
+def test_plan(row: Row) -> None:
+    step = check(row)
+    if step.replies and step.replies[0].msg.key in ("plan.ticked", "plan.snoozed"):
+        item = row[2].result["item_id"]
+        assert step.replies[0].msg.params["n"] == item - 10  # the number the list shows for that item
+        assert step.data.get("plan_item") is None
+    for effect in step.effects:
+        assert effect.args["item_id"] == (12 if row[2].kind == "text" else 13)
+
+
+# The request list's refresh: with no number verified in the conversation any more it asks for one (it used to
+# take an undeclared transition, found by tests/test_dialogs.py's Hypothesis test).
+REQUESTS: list[Row] = [
+    ("requests.view", VERIFIED, choice("refresh"), "requests.view", [], ["requests.list"]),
+    ("requests.view", {}, choice("refresh"), "verify.consent", ["requests.verify_first", "verify.consent"], []),
+]
+
+
+@pytest.mark.parametrize("row", REQUESTS, ids=lambda r: "verified" if r[1] else "not verified")
+def test_requests(row: Row) -> None:
+    check(row)

@@ -232,3 +232,34 @@ async def test_the_checklist_merges_a_bound_platform_into_the_task_that_names_it
     assert "支付宝" not in names and "工商银行" not in names
     assert "支付宝等支付 App 的绑定手机号" in names and "微博" in names
     assert len(names) == len(set(names))
+
+
+async def test_a_tick_answer_names_the_item_it_changed(server: RunningServer, chat: Chat) -> None:
+    """`plan.mark` answers with the item it changed (dialogs/results.py PlanMarked), and the plan flow names that
+    item from the answer alone. The runner used to leave `item_id` out while the flow read it; only the flow's
+    fallback to the conversation's `plan_item` kept the one-line answer right."""
+    from sqlmodel import col, select
+
+    from bot.effects import EffectContext
+    from bot.storage import Plan, PlanItem
+    from dialogs import cancel_plan, machine
+    from dialogs.model import Effect
+
+    await make_plan(chat, plan_day())
+    rt = server.runtime
+    async with rt.db.session() as session:
+        plan = (await session.exec(select(Plan))).one()
+        items = (await session.exec(select(PlanItem).where(PlanItem.plan_id == plan.id)
+                                    .order_by(col(PlanItem.position)))).all()
+    third = items[2]
+    assert third.id is not None
+    now = datetime.now(UTC)
+    event = await rt.effects.run(Effect("plan.mark", {"item_id": third.id, "action": "done"}),
+                                 EffectContext(user_id=plan.user_id, lang="zh_CN", now=now))
+    assert event is not None and event.result["ok"] is True
+    assert event.result["item_id"] == third.id
+    before = await rt.plans.load(plan.user_id, now)
+    step = machine.step(cancel_plan.VIEW, {"plan": before, "plan_item": None}, event)
+    assert step.state == cancel_plan.VIEW
+    assert [r.msg.key for r in step.replies] == ["plan.ticked"]
+    assert step.replies[0].msg.params["n"] == 3

@@ -186,7 +186,8 @@ class TelegramChannel:
         self.sender = Sender(self.bot, self.limits, budget=shared,
                              budget_key=f"telegram:{self.rt.settings.telegram_bot_token.split(':')[0]}")
         self.sender.on_blocked = self.mark_blocked
-        self.pump = OutboxPump(self.rt, self.sender, self.limits)
+        self.pump = OutboxPump(self.rt.repository, self.rt.catalog, self.sender, self.limits,
+                               sqlite=self.rt.db.is_sqlite)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -477,14 +478,27 @@ class TelegramChannel:
             self._log_undeliverable(task, chat_id)
             return
         seqs = sorted({m.seq for m in messages if m.seq is not None})
-        ids = await self.pump.mark_handed_over(user_id, seqs) if user_id is not None and seqs else []
+        ids: list[int] = []
+        if user_id is not None and seqs:
+            try:
+                ids = await self.pump.mark_handed_over(user_id, seqs)
+            except Exception as exc:
+                if not storage_unavailable(exc):
+                    raise
+                # The rows stay as the step committed them (sent), and the send under way goes on. A 503 here would
+                # have Telegram deliver the update again, and its replayed answer would go out twice; what this
+                # costs is the resend after a crash before the send is done.
+                log.warning("telegram replies not handed over: storage unavailable", extra={"rows": len(seqs)})
         self._spawn(self._settle_later(task, chat_id, ids))
 
     async def _settle_later(self, task: asyncio.Task[Any], chat_id: int, ids: list[int]) -> None:
+        """Marks the handed-over rows once the send is done: sent or failed as it went, retried while the database
+        refuses (OutboxPump.settle_handed_over), so they are neither held until the lease runs out nor sent
+        twice."""
         try:
             await asyncio.wait({task})
             failed = self._log_undeliverable(task, chat_id)
-            await self.pump.settle(ids, "failed" if failed else "sent")
+            await self.pump.settle_handed_over(ids, "failed" if failed else "sent")
         except asyncio.CancelledError:
             self.pump.inflight.difference_update(ids)
             raise

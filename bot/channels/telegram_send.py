@@ -18,23 +18,21 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
-from sqlmodel import col, select, update
 from telegram import Bot, InlineKeyboardMarkup, TelegramObject
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 
-from bot import identities, metrics
+from bot import metrics
 from bot.budgets import Budget, LocalBudget, Slot, joint
 from bot.channels.telegram_render import Outgoing, render_payload
 from bot.channels.telegram_request import AiohttpRequest, raise_for_answer
-from bot.storage import OutboxMessage, User, utcnow
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
+from bot.i18n import Catalog
+from bot.repository import Queued, Recipient
+from bot.storage import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +62,9 @@ class Limits:
     outbox_batch: int = 100
     # A claimed row whose worker died goes back to `pending` after this long.
     lease_seconds: float = 600.0
+    # Settling replies the webhook handed over, while the database refuses: first wait, doubling to the cap.
+    settle_retry_base: float = 0.5
+    settle_retry_cap: float = 15.0
 
 
 class Undeliverable(Exception):
@@ -395,13 +396,33 @@ def _safe(exc: Exception) -> str:
     return str(getattr(exc, "message", exc))[:120].lower()
 
 
+class OutboxStore(Protocol):
+    """What the pump reads and writes of the outbox (bot/repository.py Repository)."""
+
+    async def pending_with_recipients(self, channel: str, limit: int,
+                                      skip: Collection[int] = ()) -> list[tuple[Queued, Recipient]]: ...
+
+    async def claim_pending(self, row_id: int) -> bool: ...
+
+    async def claim_replies(self, channel: str, user_id: int, seqs: Sequence[int]) -> list[int]: ...
+
+    async def settle(self, ids: Collection[int], status: str, *, attempt: bool = False,
+                     stamp: bool = True) -> None: ...
+
+    async def reclaim(self, channel: str, *, claimed_before: datetime | None, keep: Collection[int] = ()) -> None: ...
+
+
 class OutboxPump:
     """Delivers `pending` telegram outbox rows (pushes, and replies a webhook handed over) and marks them."""
 
-    def __init__(self, rt: Runtime, sender: Sender, limits: Limits) -> None:
-        self.rt = rt
+    def __init__(self, outbox: OutboxStore, catalog: Catalog, sender: Sender, limits: Limits, *,
+                 sqlite: bool = False) -> None:
+        self.outbox = outbox
+        self.catalog = catalog
         self.sender = sender
         self.limits = limits
+        # One SQLite process: every claim found at start-up is from a previous life.
+        self.sqlite = sqlite
         self.inflight: set[int] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.wakeup = asyncio.Event()
@@ -411,7 +432,7 @@ class OutboxPump:
         while True:
             try:
                 if rounds % 60 == 0:
-                    await self.reclaim(everything=rounds == 0 and self.rt.db.is_sqlite)
+                    await self.reclaim(everything=rounds == 0 and self.sqlite)
                     self.sender.sweep()
                 rounds += 1
                 found = await self.pump_once()
@@ -430,64 +451,37 @@ class OutboxPump:
     async def reclaim(self, *, everything: bool) -> None:
         """Rows claimed by a worker that died go back to `pending`. With one SQLite process at start-up,
         every claim is from a previous life; with several workers only expired leases are."""
-        stmt = update(OutboxMessage).where(col(OutboxMessage.channel) == CHANNEL,
-                                           col(OutboxMessage.status) == "sending")
-        if not everything:
-            cutoff = utcnow() - timedelta(seconds=self.limits.lease_seconds)
-            stmt = stmt.where(col(OutboxMessage.sent_at) < cutoff)
-        if self.inflight:
-            stmt = stmt.where(col(OutboxMessage.id).not_in(self.inflight))
-        async with self.rt.db.session() as session:
-            await session.exec(stmt.values(status="pending"))
-            await session.commit()
+        cutoff = None if everything else utcnow() - timedelta(seconds=self.limits.lease_seconds)
+        await self.outbox.reclaim(CHANNEL, claimed_before=cutoff, keep=set(self.inflight))
 
     async def pump_once(self) -> int:
-        async with self.rt.db.session() as session:
-            query = (select(OutboxMessage, User)
-                     .join(User, col(User.id) == col(OutboxMessage.user_id))
-                     .where(col(OutboxMessage.channel) == CHANNEL, col(OutboxMessage.status) == "pending")
-                     .order_by(col(OutboxMessage.id)).limit(self.limits.outbox_batch))
-            if self.inflight:
-                query = query.where(col(OutboxMessage.id).not_in(self.inflight))
-            rows = (await session.exec(query)).all()
+        rows = await self.outbox.pending_with_recipients(CHANNEL, self.limits.outbox_batch, set(self.inflight))
         for row, user in rows:
-            assert row.id is not None
-            external_id = identities.reveal(self.rt.vault, user)
-            if not user.active or not external_id.lstrip("-").isdigit():
+            if not user.active or not user.address.lstrip("-").isdigit():
                 await self.finish(row.id, "failed")
                 continue
             if not await self.claim(row.id):
                 continue
             self.inflight.add(row.id)
-            task = asyncio.create_task(self._push(row, int(external_id)))
+            task = asyncio.create_task(self._push(row, int(user.address), user.lang))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         return len(rows)
 
     async def claim(self, row_id: int) -> bool:
-        async with self.rt.db.session() as session:
-            result = await session.exec(
-                update(OutboxMessage).where(col(OutboxMessage.id) == row_id, col(OutboxMessage.status) == "pending")
-                .values(status="sending", sent_at=utcnow(), attempts=OutboxMessage.attempts + 1))
-            await session.commit()
-            return bool(result.rowcount == 1)
+        return await self.outbox.claim_pending(row_id)
 
     async def finish(self, row_id: int, status: str) -> None:
-        async with self.rt.db.session() as session:
-            await session.exec(update(OutboxMessage).where(col(OutboxMessage.id) == row_id)
-                               .values(status=status, sent_at=utcnow()))
-            await session.commit()
+        await self.outbox.settle([row_id], status)
 
-    async def _push(self, row: OutboxMessage, chat_id: int) -> None:
-        assert row.id is not None
+    async def _push(self, row: Queued, chat_id: int, lang: str) -> None:
         try:
             if row.attempts >= self.limits.max_attempts:
                 # Claimed this often without finishing: something kills the worker mid-send. Stop.
                 await self.finish(row.id, "failed")
                 return
             payload: dict[str, Any] = json.loads(row.payload)
-            lang = await self._lang(row.user_id)
-            messages = render_payload(payload, self.rt.catalog, lang)
+            messages = render_payload(payload, self.catalog, lang)
             await self.sender.deliver(chat_id, messages, push=row.kind == "push")
             await self.finish(row.id, "sent")
         except Undeliverable as exc:
@@ -503,31 +497,43 @@ class OutboxPump:
         finally:
             self.inflight.discard(row.id)
 
-    async def _lang(self, user_id: int) -> str:
-        async with self.rt.db.session() as session:
-            user = await session.get(User, user_id)
-        return user.lang if user is not None else "zh_CN"
-
     async def mark_handed_over(self, user_id: int, seqs: list[int]) -> list[int]:
         """Reply rows a webhook could not finish in time: claimed by us, so a crash resends them."""
-        async with self.rt.db.session() as session:
-            rows = (await session.exec(select(OutboxMessage).where(
-                col(OutboxMessage.user_id) == user_id, col(OutboxMessage.seq).in_(seqs),
-                col(OutboxMessage.channel) == CHANNEL))).all()
-            ids = [r.id for r in rows if r.id is not None]
-            if ids:
-                await session.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(ids))
-                                   .values(status="sending", sent_at=utcnow()))
-                await session.commit()
+        ids = await self.outbox.claim_replies(CHANNEL, user_id, seqs)
         self.inflight.update(ids)
         return ids
 
     async def settle(self, ids: list[int], status: str) -> None:
         try:
-            if ids:
-                async with self.rt.db.session() as session:
-                    await session.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(ids))
-                                       .values(status=status, sent_at=utcnow()))
-                    await session.commit()
+            await self.outbox.settle(ids, status)
+        finally:
+            self.inflight.difference_update(ids)
+
+    async def settle_handed_over(self, ids: list[int], status: str) -> None:
+        """Settles replies the channel sent itself (`status` says how that went), retrying with backoff while the
+        database refuses: a reply that reached Telegram is marked sent, never handed back to be sent again, and
+        one that failed is marked failed, within seconds of the database answering again rather than when the
+        lease runs out. The rows stay in `inflight` meanwhile, so this process neither reclaims nor re-sends
+        them. Only a settle that cannot land before the lease expires (a database away for `lease_seconds`) lets
+        another worker send them again: at least once, as every claim."""
+        delay = self.limits.settle_retry_base
+        tries = 0
+        try:
+            while True:
+                try:
+                    await self.outbox.settle(ids, status)
+                    if tries:
+                        log.info("telegram reply rows settled after retrying", extra={"rows": len(ids),
+                                                                                   "tries": tries + 1})
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    tries += 1
+                    log.warning("telegram reply rows not settled; retrying",
+                                extra={"rows": len(ids), "status": status, "retry_in": delay,
+                                       "error": type(exc).__name__})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.limits.settle_retry_cap)
         finally:
             self.inflight.difference_update(ids)

@@ -19,13 +19,12 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_
-from sqlmodel import col, select, update
+from sqlmodel import col, select
 
-from bot import identities, metrics
+from bot import metrics
 from bot.channels.wechat_account import Capabilities
 from bot.channels.wechat_api import (
     BAD_RECIPIENT,
@@ -46,8 +45,10 @@ from bot.channels.wechat_text import (
     template_data,
     text_of,
 )
+from bot.repository import Queued, Recipient
+from bot.repository import aware as aware  # also bot/broadcasts.py's, from here
 from bot.runtime import Runtime
-from bot.storage import InboxItem, OutboxMessage, User, WeChatCsSend, utcnow
+from bot.storage import WeChatCsSend, utcnow
 from domain.beijing import TZ
 
 log = logging.getLogger(__name__)
@@ -61,19 +62,6 @@ CLICK_WINDOW = (timedelta(minutes=1), 3)
 CLAIM_TTL = timedelta(seconds=60)
 MAX_ATTEMPTS = 8
 PARK_SECONDS = 300.0
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; they were written as UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _claimable(now: datetime) -> Any:
-    """Pending, or claimed by a sender that has not settled it within CLAIM_TTL."""
-    return or_(col(OutboxMessage.status) == "pending",
-               and_(col(OutboxMessage.status) == "sending", col(OutboxMessage.sent_at) < now - CLAIM_TTL))
 
 
 def window_allowance(now: datetime, last_message: datetime | None, last_click: datetime | None,
@@ -92,7 +80,7 @@ def window_allowance(now: datetime, last_message: datetime | None, last_click: d
 class _Unit:
     """What goes out as one message: one step's rows (its replies), or one push."""
 
-    rows: list[OutboxMessage]
+    rows: list[Queued]
     text: str
     push: bool
     # A text over WeChat's size goes as several messages rather than cut.
@@ -102,6 +90,9 @@ class _Unit:
 class CustomerServiceSender:
     def __init__(self, rt: Runtime, api: WeChatApi, caps: Capabilities | None = None) -> None:
         self.rt = rt
+        # The outbox, the inbox's window openings and the user rows (bot/repository.py); this module keeps only
+        # its protocol records (`wechat_cs_sends`, the window counts).
+        self.outbox = rt.repository
         self.api = api
         settings = rt.settings
         self.caps = caps or Capabilities.declared(settings)
@@ -131,9 +122,8 @@ class CustomerServiceSender:
             self.parked.pop(user_id, None)
             self._wake.set()
 
-    def _park(self, user: User) -> None:
-        assert user.id is not None
-        self.backlog[identities.reveal(self.rt.vault, user)] = user.id
+    def _park(self, user: Recipient) -> None:
+        self.backlog[user.address] = user.id
         self.parked[user.id] = time.monotonic()
 
     def _is_parked(self, user_id: int) -> bool:
@@ -168,35 +158,23 @@ class CustomerServiceSender:
         async with self._lock:
             if not self.caps.customer_service and not (self.caps.templates and self.template_id):
                 await self._unreachable_pushes()
-            async with self.rt.db.session() as session:
-                user_ids = (await session.exec(
-                    select(OutboxMessage.user_id).where(OutboxMessage.channel == CHANNEL, _claimable(utcnow()))
-                    .distinct().limit(10_000))).all()
             sent = 0
-            for user_id in user_ids:
+            for user_id in await self.outbox.users_with_claimable(CHANNEL, CLAIM_TTL):
                 if self._is_parked(user_id) or self.backoff_until.get(user_id, 0.0) > time.monotonic():
                     continue
-                async with self.rt.db.session() as session:
-                    rows = list((await session.exec(
-                        select(OutboxMessage).where(OutboxMessage.channel == CHANNEL,
-                                                    OutboxMessage.user_id == user_id, _claimable(utcnow()))
-                        .order_by(col(OutboxMessage.seq)).limit(50))).all())
+                rows = await self.outbox.claimable_of(CHANNEL, user_id, CLAIM_TTL)
                 sent += await self._deliver(user_id, rows)
             return sent
 
     async def _unreachable_pushes(self) -> None:
         """Without any way to push, a push (reminder, status change, broadcast) can never arrive: say so now
         rather than let it wait for ever. Replies stay pending: the user's next message collects them."""
-        async with self.rt.db.session() as session:
-            result = await session.exec(update(OutboxMessage).where(
-                col(OutboxMessage.channel) == CHANNEL, col(OutboxMessage.kind) == "push",
-                col(OutboxMessage.status) == "pending").values(status="unreachable", sent_at=utcnow()))
-            await session.commit()
-        if result.rowcount:
+        rows = await self.outbox.pushes_unreachable(CHANNEL)
+        if rows:
             log.info("wechat pushes unreachable: the account cannot send customer-service or template messages",
-                     extra={"rows": result.rowcount})
+                     extra={"rows": rows})
 
-    async def _deliver(self, user_id: int, rows: list[OutboxMessage]) -> int:
+    async def _deliver(self, user_id: int, rows: list[Queued]) -> int:
         # One worker at a time counts and spends this user's window, so N workers never send more than WeChat
         # allows (its own lock space: a user's steps are not held up by a push going out).
         async with self.rt.db.user_lock(user_id, space=CS_LOCK_SPACE):
@@ -216,9 +194,8 @@ class CustomerServiceSender:
             session.add(WeChatCsSend(user_id=user_id, sent_at=utcnow()))
             await session.commit()
 
-    async def _deliver_locked(self, user_id: int, rows: list[OutboxMessage]) -> int:
-        async with self.rt.db.session() as session:
-            user = await session.get(User, user_id)
+    async def _deliver_locked(self, user_id: int, rows: list[Queued]) -> int:
+        user = await self.outbox.recipient(user_id)
         if user is None or not rows:
             return 0
         if not user.active:
@@ -268,18 +245,13 @@ class CustomerServiceSender:
         return window_allowance(now, last_message, last_click, await self._recent_sends(user_id, now))
 
     async def _openings(self, user_id: int) -> tuple[datetime | None, datetime | None]:
-        async with self.rt.db.session() as session:
-            result = (await session.exec(
-                select(func.max(col(InboxItem.received_at)).filter(col(InboxItem.dedupe_key).startswith("m:")),
-                       func.max(col(InboxItem.received_at)).filter(col(InboxItem.dedupe_key).startswith("c:")))
-                .where(InboxItem.channel == CHANNEL, InboxItem.user_id == user_id)
-            )).one()
-        return aware(result[0]), aware(result[1])
+        """When the user last opened each window: a message (inbox key `m:`), a click, follow or scan (`c:`)."""
+        return await self.outbox.last_inbound(CHANNEL, user_id, ("m:", "c:"))
 
-    def _units(self, rows: list[OutboxMessage], lang: str) -> list[_Unit]:
+    def _units(self, rows: list[Queued], lang: str) -> list[_Unit]:
         hint = text_of(self.rt.catalog, "wechat.choose_hint", lang)
         marker = text_of(self.rt.catalog, "wechat.truncated", lang)
-        groups: list[list[OutboxMessage]] = []
+        groups: list[list[Queued]] = []
         for row in rows:
             if groups and row.kind == "reply" and row.inbox_id is not None and groups[-1][-1].inbox_id == row.inbox_id:
                 groups[-1].append(row)
@@ -299,22 +271,21 @@ class CustomerServiceSender:
                 group, texts = group[fit:], texts[fit:]
         return units
 
-    async def _send(self, user: User, unit: _Unit, *, template: bool) -> str:
+    async def _send(self, user: Recipient, unit: _Unit, *, template: bool) -> str:
         """Claims, sends, and settles one unit: sent | failed (given up) | closed (no window) | unfollowed |
         retry (later) | lost (claimed elsewhere)."""
-        assert user.id is not None
-        ids = [row.id for row in unit.rows if row.id is not None]
+        ids = [row.id for row in unit.rows]
         if not await self._claim(ids):
             return "lost"
         try:
             if template:
                 when = utcnow().astimezone(TZ).strftime("%Y-%m-%d %H:%M")
-                await self.api.send_template(identities.reveal(self.rt.vault, user), self.template_id, template_data(
+                await self.api.send_template(user.address, self.template_id, template_data(
                     unit.text, self.caps.template_fields, when, self.template_max_chars), self.template_url)
             else:
                 # Pages of one unit go together; a failure part-way resends the unit (at least once).
                 for page in unit.pages or [unit.text]:
-                    await self.api.send_text(identities.reveal(self.rt.vault, user), page)
+                    await self.api.send_text(user.address, page)
                     metrics.SENDS.labels(CHANNEL, "ok").inc()
         except WeChatApiError as exc:
             if exc.config_hint is not None:
@@ -370,28 +341,14 @@ class CustomerServiceSender:
         return "failed" if give_up else "retry"
 
     async def _mark_inactive(self, user_id: int) -> None:
-        async with self.rt.db.session() as session:
-            await session.exec(update(User).where(col(User.id) == user_id).values(active=False))
-            await session.commit()
+        await self.outbox.set_inactive(user_id)
 
     async def _claim(self, ids: list[int]) -> bool:
-        now = utcnow()
-        async with self.rt.db.session() as session:
-            result = await session.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(ids), _claimable(now))
-                                        .values(status="sending", sent_at=now))
-            if result.rowcount != len(ids):
-                await session.rollback()
-                return False
-            await session.commit()
-        return True
+        return await self.outbox.claim_all(ids, CLAIM_TTL)
 
     async def _settle(self, ids: list[int], status: str, *, attempt: bool) -> None:
-        values: dict[str, Any] = {"status": status, "sent_at": utcnow() if status == "sent" else None}
-        if attempt:
-            values["attempts"] = col(OutboxMessage.attempts) + 1
-        async with self.rt.db.session() as session:
-            await session.exec(update(OutboxMessage).where(col(OutboxMessage.id).in_(ids)).values(**values))
-            await session.commit()
+        # `sent_at` is the claim's lease while `sending`, and when it went once sent; cleared otherwise.
+        await self.outbox.settle(ids, status, attempt=attempt, stamp=False)
 
     async def send_now(self, openid: str, text: str) -> bool:
         """A message outside the outbox (the apology when a deferred step failed): sent if a window is open."""

@@ -22,7 +22,8 @@ def setup_staff(app: web.Application, rt: Runtime) -> None:
 
     settings = rt.settings
     live = LiveHub(settings.redis_url, scope=settings.resolved_database_url())
-    tickets = TicketService(rt, live, BusinessHours.parse(settings.staff_hours, settings.staff_days))
+    tickets = TicketService(settings, rt.db, rt.jobs, rt.dispatcher, live,
+                            BusinessHours.parse(settings.staff_hours, settings.staff_days))
     rt.tickets = tickets
     rt.jobs.register(TIMEOUT_JOB, tickets.timeout_job)
     console.setup(app, rt, tickets, live)

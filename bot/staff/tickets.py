@@ -39,12 +39,16 @@ from bot.storage import (
 )
 from dialogs import handoff
 from dialogs.model import Event, Msg, Reply
+from dialogs.results import TicketOpened
 from domain.masking import scrub
 
 if TYPE_CHECKING:
     from sqlmodel.ext.asyncio.session import AsyncSession
 
-    from bot.runtime import Runtime
+    from bot.config import Settings
+    from bot.dispatch import Dispatcher
+    from bot.jobs import JobScheduler
+    from bot.storage import Database
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,13 @@ Mirror = Callable[[str, int, dict[str, Any]], Awaitable[None]]
 
 @dataclass
 class TicketService:
-    rt: Runtime
+    """Each service gets what it uses: the settings (timeouts, minutes per ticket), the database, the job
+    scheduler (ticket timeouts), and the dispatcher that steps the user's conversation when staff act."""
+
+    settings: Settings
+    db: Database
+    jobs: JobScheduler
+    dispatcher: Dispatcher
     live: LiveHub
     hours: BusinessHours
     clock: Callable[[], datetime] = utcnow
@@ -103,12 +113,12 @@ class TicketService:
         return (await session.exec(select(Ticket).where(Ticket.user_id == user_id, col(Ticket.status).in_(ACTIVE))
                                    .order_by(col(Ticket.id).desc()))).first()
 
-    async def open(self, user_id: int, reason: str) -> dict[str, Any]:
+    async def open(self, user_id: int, reason: str) -> TicketOpened:
         """The user's open ticket, or a new one; with the place in the queue or when staff are next in."""
         now = self.clock()
-        settings = self.rt.settings
+        settings = self.settings
         created = False
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             ticket = await self._active(session, user_id)
             if ticket is None:
                 user = await session.get(User, user_id)
@@ -117,7 +127,7 @@ class TicketService:
                 session.add(ticket)
                 await session.flush()
                 due = self.hours.add_business_minutes(now, settings.staff_ticket_timeout_minutes)
-                await self.rt.jobs.schedule(TIMEOUT_JOB, f"ticket:{ticket.id}:timeout", {"ticket": ticket.id}, due,
+                await self.jobs.schedule(TIMEOUT_JOB, f"ticket:{ticket.id}:timeout", {"ticket": ticket.id}, due,
                                             session=session)
                 created = True
             await session.commit()
@@ -139,7 +149,7 @@ class TicketService:
         return max(1, int(ahead))
 
     async def user_message(self, user_id: int, text: str, delivery_key: str) -> None:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             ticket = await self._active(session, user_id)
             if ticket is None or ticket.id is None:
                 return
@@ -154,7 +164,7 @@ class TicketService:
         await self._mirror("user_message", ticket_id, text=scrub(text)[:MAX_STAFF_TEXT])
 
     async def user_left(self, user_id: int) -> None:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             ticket = await self._active(session, user_id)
             if ticket is None or ticket.id is None:
                 return
@@ -166,7 +176,7 @@ class TicketService:
 
     async def forget(self, user_id: int) -> None:
         """`/forget`: the user's transcripts go and open tickets close; the audit log stays (see README)."""
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             ids = [i for i in (await session.exec(select(Ticket.id).where(Ticket.user_id == user_id))).all()
                    if i is not None]
             if not ids:
@@ -182,19 +192,19 @@ class TicketService:
         done = await session.exec(update(Ticket).where(col(Ticket.id) == ticket_id,
                                                        col(Ticket.status).in_(ACTIVE))
                                   .values(status="closed", closed_at=self.clock(), close_reason=why))
-        await self.rt.jobs.cancel(f"ticket:{ticket_id}:", session)
+        await self.jobs.cancel(f"ticket:{ticket_id}:", session)
         return bool(done.rowcount)
 
     # --- staff reading ---------------------------------------------------------------------------------------
     async def listing(self, status: str, member: StaffMember) -> list[dict[str, Any]]:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             query = select(Ticket).where(Ticket.status == status)
             query = query.order_by(col(Ticket.id).desc() if status == "closed" else col(Ticket.id)).limit(200)
             tickets = list((await session.exec(query)).all())
             return [await self._summary(session, ticket) for ticket in tickets]
 
     async def detail(self, ticket_id: int, member: StaffMember, client: str) -> dict[str, Any]:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             ticket = await session.get(Ticket, ticket_id)
             if ticket is None:
                 raise TicketError("not_found", 404)
@@ -206,7 +216,7 @@ class TicketService:
 
     async def summary(self, ticket_id: int) -> dict[str, Any]:
         """The ticket and its masked context, for a mirror (no transcript, so no audit entry)."""
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             ticket = await session.get(Ticket, ticket_id)
             if ticket is None:
                 raise TicketError("not_found", 404)
@@ -298,7 +308,7 @@ class TicketService:
 
     # --- staff acting ------------------------------------------------------------------------------------------
     async def _ticket(self, ticket_id: int) -> Ticket:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             ticket = await session.get(Ticket, ticket_id)
         if ticket is None:
             raise TicketError("not_found", 404)
@@ -316,12 +326,12 @@ class TicketService:
                 .values(status="claimed", claimed_by=member.id, claimed_at=now))
             if not done.rowcount:
                 return False
-            await self.rt.jobs.cancel(f"ticket:{ticket_id}:", session)
+            await self.jobs.cancel(f"ticket:{ticket_id}:", session)
             await record(session, member, "claim", ticket_id, "", client, now)
             return True
 
         event = Event("result", effect="handoff.claimed", result={"staff": member.name}, now=now)
-        if not await self.rt.dispatcher.nudge(ticket.user_id, event, only_in=handoff.STATES, stage=stage):
+        if not await self.dispatcher.nudge(ticket.user_id, event, only_in=handoff.STATES, stage=stage):
             fresh = await self._ticket(ticket_id)
             if fresh.status == "open":
                 # The user is no longer waiting (their conversation moved on): the ticket is stale.
@@ -334,7 +344,7 @@ class TicketService:
         return await self._brief(ticket_id)
 
     async def _close_stale(self, ticket_id: int) -> None:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             await self._close_row(session, ticket_id, "user")
             await session.commit()
         await self.live.publish({"type": "ticket", "event": "closed", "ticket": ticket_id, "status": "closed"})
@@ -345,7 +355,7 @@ class TicketService:
             raise TicketError("closed")
         if ticket.status == "claimed" and ticket.claimed_by != member.id and not member.is_admin:
             raise TicketError("not_yours", 403)
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             target = (await session.exec(select(StaffAccount).where(StaffAccount.name == colleague,
                                                                     col(StaffAccount.active).is_(True)))).first()
         if target is None or target.id is None:
@@ -359,12 +369,12 @@ class TicketService:
                 .values(status="claimed", claimed_by=target_id, claimed_at=now))
             if not done.rowcount:
                 return False
-            await self.rt.jobs.cancel(f"ticket:{ticket_id}:", session)
+            await self.jobs.cancel(f"ticket:{ticket_id}:", session)
             await record(session, member, "assign", ticket_id, target_name, client, now)
             return True
 
         event = Event("result", effect="handoff.claimed", result={"staff": target_name}, now=now)
-        if not await self.rt.dispatcher.nudge(ticket.user_id, event, only_in=handoff.STATES, stage=stage):
+        if not await self.dispatcher.nudge(ticket.user_id, event, only_in=handoff.STATES, stage=stage):
             raise TicketError("closed")
         await self.live.publish({"type": "ticket", "event": "assigned", "ticket": ticket_id, "status": "claimed",
                                  "by": member.name, "to": target_name})
@@ -384,14 +394,14 @@ class TicketService:
         if ticket.status != "claimed" or ticket.claimed_by != member.id:
             raise TicketError("claim_first")
         now = self.clock()
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             user = await session.get(User, ticket.user_id)
             assert user is not None
             # Staff can paste a number by mistake: it never reaches the transcript or the user unmasked.
             clean = scrub(text)
             session.add(TicketMessage(ticket_id=ticket_id, author="staff", staff_id=member.id, text=clean, at=now))
             await record(session, member, "reply", ticket_id, clean, client, now)
-            await self.rt.dispatcher.stage_push(
+            await self.dispatcher.stage_push(
                 session, ticket.user_id, [Reply(Msg("handoff.staff_says", {"staff": member.name, "text": clean}))],
                 channel=user.channel)
             await session.commit()
@@ -414,8 +424,8 @@ class TicketService:
             return True
 
         event = Event("result", effect="handoff.closed", now=now)
-        if not await self.rt.dispatcher.nudge(ticket.user_id, event, only_in=handoff.STATES, stage=stage):
-            async with self.rt.db.session() as session:
+        if not await self.dispatcher.nudge(ticket.user_id, event, only_in=handoff.STATES, stage=stage):
+            async with self.db.session() as session:
                 closed = await stage(session)
                 await session.commit()
             if not closed:
@@ -426,7 +436,7 @@ class TicketService:
         return await self._brief(ticket_id)
 
     async def _brief(self, ticket_id: int) -> dict[str, Any]:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             ticket = await session.get(Ticket, ticket_id)
             assert ticket is not None
             return {"id": ticket_id, "status": ticket.status,
@@ -446,8 +456,8 @@ class TicketService:
             return bool(done.rowcount)
 
         event = Event("result", effect="handoff.timeout", now=now)
-        if not await self.rt.dispatcher.nudge(ticket.user_id, event, only_in=handoff.STATES, stage=stage):
-            async with self.rt.db.session() as session:
+        if not await self.dispatcher.nudge(ticket.user_id, event, only_in=handoff.STATES, stage=stage):
+            async with self.db.session() as session:
                 await stage(session)
                 await session.commit()
         log.info("ticket timed out", extra={"ticket": ticket_id})
@@ -456,11 +466,11 @@ class TicketService:
         return None
 
     async def _ticket_or_none(self, ticket_id: int) -> Ticket | None:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             return await session.get(Ticket, ticket_id)
 
     async def colleagues(self) -> list[dict[str, Any]]:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             rows = (await session.exec(select(StaffAccount).where(col(StaffAccount.active).is_(True))
                                        .order_by(col(StaffAccount.name)))).all()
         return [{"name": row.name, "role": row.role} for row in rows]
