@@ -4,7 +4,9 @@ A broadcast is created from texts per language and a segment; its recipients are
 (`broadcast_recipients`), so it can be paused, resumed, and survives `kill -9` and restarts. Every worker runs an
 engine that claims pending rows in small batches (`FOR UPDATE SKIP LOCKED` on PostgreSQL), hands each to its
 channel's transport and settles the outcomes in one transaction per batch, counting them by channel, outcome
-and reason (`broadcast_counts`: the progress figures and the CSV report).
+and reason (`broadcast_counts`: the progress figures and the CSV report). On SQLite the claims and settles run
+whole in the engine's own thread and connection, between conversation steps, so they neither hold the one write
+lock a step's commit needs for longer than their statements nor take the event loop's time (`_SqliteWriter`).
 
 Rules it keeps:
 - users who turned reminders off are never included, and one who turns them off after the broadcast was created
@@ -15,7 +17,8 @@ Rules it keeps:
   workers (bot/budgets.py);
 - a row claimed by a worker that died is sent again once its lease runs out: at least once, and at most the sends
   in flight at the crash twice;
-- a 403 (blocked, unfollowed) marks the user inactive.
+- a 403 (blocked, unfollowed) marks the user inactive;
+- /forget settles the user's rows still to go out as unreachable (`forgotten`): nothing more reaches them.
 
 It never logs a text, a number or a channel id.
 
@@ -49,7 +52,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
-from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy import Connection, TextClause, bindparam, text
 
 from bot import identities, metrics
 from bot.storage import Broadcast, Database, sqlite_time, utcnow
@@ -541,6 +544,28 @@ def _parse(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
+async def settle_forgotten(conn: Any, user_id: int, now: datetime, *, sqlite: bool) -> int:
+    """/forget (bot/people.py): the user's rows of broadcasts still going out are settled as unreachable
+    (`forgotten`) and counted like any outcome, in the caller's transaction. No engine claims them after that, and
+    one holding a claim on such a row finds it settled: its own settle skips the row (and recounts), the web
+    chat's transport delivers nothing. A message already handed to Telegram or WeChat at that moment may still
+    arrive, as with a send under way at a crash."""
+    settled = (await conn.execute(text(
+        "UPDATE broadcast_recipients SET status = 'unreachable', reason = 'forgotten', finished_at = :now, "
+        "claim = NULL WHERE user_id = :uid AND status IN ('pending', 'sending') RETURNING broadcast_id, channel"),
+        {"uid": user_id, "now": sqlite_time(now) if sqlite else now})).all()
+    counts: dict[tuple[int, str], int] = defaultdict(int)
+    for broadcast_id, channel in settled:
+        counts[(int(broadcast_id), str(channel))] += 1
+    for (broadcast_id, channel), n in sorted(counts.items()):
+        await conn.execute(text(
+            "INSERT INTO broadcast_counts (broadcast_id, channel, outcome, reason, count) "
+            "VALUES (:bid, :channel, 'unreachable', 'forgotten', :n) ON CONFLICT (broadcast_id, channel, outcome, "
+            "reason) DO UPDATE SET count = broadcast_counts.count + excluded.count"),
+            {"bid": broadcast_id, "channel": channel, "n": n})
+    return len(settled)
+
+
 # --- the engine: every worker runs one ------------------------------------------------------------------------
 
 _CLAIM = (
@@ -551,6 +576,101 @@ _CLAIM = (
     "ORDER BY id LIMIT :n{lock}) RETURNING id, user_id, attempts"
 )
 _USERS = "SELECT id, channel, external_id, external_enc, lang, active, reminders_on FROM users WHERE id IN :ids"
+
+
+# The engine's two hot transactions, written once against a synchronous connection: on SQLite they run whole in
+# the engine's own thread (_SqliteWriter), on PostgreSQL through the async engine's run_sync.
+
+
+def _claim_rows(conn: Connection, statement: str, params: dict[str, Any]) -> tuple[list[Any], dict[int, Any]]:
+    """Claims up to `n` pending rows for this engine; returns them and their users."""
+    claimed = list(conn.execute(text(statement), params).all())
+    if not claimed:
+        return [], {}
+    users = {int(row[0]): row for row in conn.execute(
+        _listing(_USERS, "ids"), {"ids": [int(r[1]) for r in claimed]}).all()}
+    return claimed, users
+
+
+def _settle_rows(conn: Connection, claim: str, now: Any, groups: Mapping[tuple[str, str], list[int]],
+                 retries: Sequence[tuple[int, Any]], counts: dict[tuple[int, str, str, str], int],
+                 inactive: set[int], batch_ids: Sequence[int]) -> dict[tuple[int, str, str, str], int]:
+    """Writes settled outcomes (only rows still claimed by `claim`), sends to retry, the counts and users found
+    inactive; returns the counts written."""
+    settled = 0
+    for (status, reason), ids in groups.items():
+        for chunk in _chunks(ids, 500):
+            result = conn.execute(_listing(
+                "UPDATE broadcast_recipients SET status = :status, reason = :reason, finished_at = :now, "
+                "claim = NULL WHERE id IN :ids AND status = 'sending' AND claim = :claim", "ids"),
+                {"status": status, "reason": reason or None, "now": now, "claim": claim, "ids": list(chunk)})
+            settled += result.rowcount
+    for recipient_id, not_before in retries:
+        conn.execute(text(
+            "UPDATE broadcast_recipients SET status = 'pending', not_before = :at, claim = NULL "
+            "WHERE id = :rid AND status = 'sending' AND claim = :claim"),
+            {"at": not_before, "rid": recipient_id, "claim": claim})
+    if settled != sum(len(ids) for ids in groups.values()):
+        # Some rows were taken back after a lease ran out (this worker stalled), or settled by /forget: count what
+        # we settled, from the rows themselves.
+        counts = defaultdict(int)
+        for chunk in _chunks(batch_ids, 500):
+            rows = conn.execute(_listing(
+                "SELECT broadcast_id, channel, status, reason FROM broadcast_recipients WHERE id IN :ids "
+                "AND finished_at = :now AND claim IS NULL", "ids"), {"now": now, "ids": list(chunk)}).all()
+            for bid, channel, status, reason in rows:
+                counts[(int(bid), channel, status, reason or "")] += 1
+    for (broadcast_id, channel, status, reason), n in counts.items():
+        conn.execute(text(
+            "INSERT INTO broadcast_counts (broadcast_id, channel, outcome, reason, count) "
+            "VALUES (:bid, :channel, :outcome, :reason, :n) ON CONFLICT (broadcast_id, channel, "
+            "outcome, reason) DO UPDATE SET count = broadcast_counts.count + excluded.count"),
+            {"bid": broadcast_id, "channel": channel, "outcome": status, "reason": reason, "n": n})
+    if inactive:
+        conn.execute(_listing("UPDATE users SET active = :no WHERE id IN :ids", "ids"),
+                     {"no": False, "ids": sorted(inactive)})
+    return counts
+
+
+class _SqliteWriter:
+    """SQLite has one writer at a time, and a conversation step's commit (bot/step_store.py, its own thread and
+    connection) waits, sleeping in steps of 1, 2, 5… ms, while anyone else holds the write lock. Through the
+    async engine a claim or a settle held that lock across several event-loop round trips (a few ms, tens on a
+    busy machine); here each runs whole, from its first write to its commit, in this one thread on a connection
+    of its own: the lock is held for the statements alone (well under a millisecond), and the event loop that
+    answers users does none of this work."""
+
+    def __init__(self, url: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from sqlalchemy import create_engine, event
+
+        from bot.storage import apply_sqlite_pragmas
+
+        self.engine = create_engine(url, pool_size=1, max_overflow=0,
+                                    connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(self.engine, "connect", apply_sqlite_pragmas)
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="broadcast-sqlite")
+
+    @classmethod
+    def for_db(cls, db: Database) -> _SqliteWriter | None:
+        """The writer for a SQLite file; None for anything else (PostgreSQL, or a database in memory, which a
+        second connection would not see)."""
+        url = db.engine.url
+        if not db.is_sqlite or not url.database or url.database == ":memory:" or "mode=memory" in str(url):
+            return None
+        return cls(url.set(drivername="sqlite").render_as_string(hide_password=False))
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        with self.engine.begin() as conn:
+            return fn(conn, *args)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.thread, self._run, fn, args)
+
+    def close(self) -> None:
+        self.thread.shutdown(wait=True)
+        self.engine.dispose()
 
 
 class BroadcastEngine:
@@ -581,6 +701,26 @@ class BroadcastEngine:
         self.wake = asyncio.Event()
         self._texts: dict[int, dict[str, str]] = {}
         self._stopping = False
+        self._writer = _SqliteWriter.for_db(self.db)
+        # SQLite: True while a conversation step is under way in this process (setup_broadcasts wires the
+        # runtime's per-user locks); a claim or settle waits for a gap between steps, up to `yield_seconds`.
+        self.steps_busy: Callable[[], bool] | None = None
+        self.yield_seconds = 0.05
+
+    async def _transaction(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Runs one of the engine's hot transactions: on SQLite in its own thread, after the steps under way
+        (never starting while a user's step holds or wants the write lock, unless that lasts `yield_seconds`);
+        elsewhere on the async engine."""
+        if self._writer is None:
+            async with self.db.engine.begin() as conn:
+                return await conn.run_sync(fn, *args)
+        if self.steps_busy is not None:
+            deadline = time.monotonic() + self.yield_seconds
+            while self.steps_busy():
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.002)
+        return await self._writer.run(fn, *args)
 
     def add_transport(self, transport: Transport) -> None:
         self.transports[transport.channel] = transport
@@ -666,14 +806,11 @@ class BroadcastEngine:
     async def _claim_and_send(self, broadcast_id: int, channel: str, room: int) -> int:
         now = self.service.clock()
         statement = _CLAIM.format(lock="" if self.db.is_sqlite else " FOR UPDATE SKIP LOCKED")
-        async with self.db.engine.begin() as conn:
-            claimed = (await conn.execute(text(statement), {
-                "claim": self.token, "now": _db_time(now, self.db), "bid": broadcast_id, "channel": channel,
-                "n": room})).all()
-            if not claimed:
-                return 0
-            users = {int(row[0]): row for row in (await conn.execute(
-                _listing(_USERS, "ids"), {"ids": [int(r[1]) for r in claimed]})).all()}
+        params = {"claim": self.token, "now": _db_time(now, self.db), "bid": broadcast_id, "channel": channel,
+                  "n": room}
+        claimed, users = await self._transaction(_claim_rows, statement, params)
+        if not claimed:
+            return 0
         texts = self._texts[broadcast_id]
         transport = self.transports[channel]
         for recipient_id, user_id, attempts in claimed:
@@ -726,7 +863,7 @@ class BroadcastEngine:
         now = self.service.clock()
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         counts: dict[tuple[int, str, str, str], int] = defaultdict(int)
-        retries: list[tuple[int, datetime]] = []
+        retries: list[tuple[int, Any]] = []
         inactive: set[int] = set()
         for delivery, outcome in batch:
             status, reason = outcome.status, outcome.reason
@@ -735,41 +872,16 @@ class BroadcastEngine:
             if status == "retry" and delivery.attempts >= MAX_ATTEMPTS:
                 status, reason = "failed", "gave_up"
             if status == "retry":
-                retries.append((delivery.recipient_id, now + timedelta(seconds=max(outcome.retry_after, 1.0))))
+                retries.append((delivery.recipient_id,
+                                _db_time(now + timedelta(seconds=max(outcome.retry_after, 1.0)), self.db)))
                 continue
             groups[(status, reason)].append(delivery.recipient_id)
             counts[(delivery.broadcast_id, delivery.channel, status, reason)] += 1
             if outcome.inactive:
                 inactive.add(delivery.user_id)
         try:
-            async with self.db.engine.begin() as conn:
-                settled: dict[tuple[str, str], int] = {}
-                for (status, reason), ids in groups.items():
-                    for chunk in _chunks(ids, 500):
-                        result = await conn.execute(_listing(
-                            "UPDATE broadcast_recipients SET status = :status, reason = :reason, finished_at = :now, "
-                            "claim = NULL WHERE id IN :ids AND status = 'sending' AND claim = :claim", "ids"),
-                            {"status": status, "reason": reason or None, "now": _db_time(now, self.db),
-                             "claim": self.token, "ids": list(chunk)})
-                        settled[(status, reason)] = settled.get((status, reason), 0) + result.rowcount
-                for recipient_id, not_before in retries:
-                    await conn.execute(text(
-                        "UPDATE broadcast_recipients SET status = 'pending', not_before = :at, claim = NULL "
-                        "WHERE id = :rid AND status = 'sending' AND claim = :claim"),
-                        {"at": _db_time(not_before, self.db), "rid": recipient_id, "claim": self.token})
-                if sum(settled.values()) != sum(len(ids) for ids in groups.values()):
-                    # Some rows were taken back after a lease ran out (this worker stalled): count what we
-                    # settled, from the rows themselves.
-                    counts = await self._recount(conn, batch, now)
-                for (broadcast_id, channel, status, reason), n in counts.items():
-                    await conn.execute(text(
-                        "INSERT INTO broadcast_counts (broadcast_id, channel, outcome, reason, count) "
-                        "VALUES (:bid, :channel, :outcome, :reason, :n) ON CONFLICT (broadcast_id, channel, "
-                        "outcome, reason) DO UPDATE SET count = broadcast_counts.count + excluded.count"),
-                        {"bid": broadcast_id, "channel": channel, "outcome": status, "reason": reason, "n": n})
-                if inactive:
-                    await conn.execute(_listing("UPDATE users SET active = :no WHERE id IN :ids", "ids"),
-                                       {"no": False, "ids": sorted(inactive)})
+            counts = await self._transaction(_settle_rows, self.token, _db_time(now, self.db), groups, retries,
+                                             counts, inactive, [d.recipient_id for d, _ in batch])
         except BaseException:
             # Not written: keep them for the next round (the rows stay claimed by us meanwhile).
             self.outcomes[:0] = batch
@@ -777,18 +889,6 @@ class BroadcastEngine:
         for (_bid, channel, status, _reason), n in counts.items():
             metrics.BROADCAST_SENT.labels(channel, status).inc(n)
         return len(batch)
-
-    async def _recount(self, conn: Any, batch: list[tuple[Delivery, Outcome]],
-                       now: datetime) -> dict[tuple[int, str, str, str], int]:
-        ids = [d.recipient_id for d, _ in batch]
-        counts: dict[tuple[int, str, str, str], int] = defaultdict(int)
-        for chunk in _chunks(ids, 500):
-            rows = (await conn.execute(_listing(
-                "SELECT broadcast_id, channel, status, reason FROM broadcast_recipients WHERE id IN :ids "
-                "AND finished_at = :now", "ids"), {"now": _db_time(now, self.db), "ids": list(chunk)})).all()
-            for bid, channel, status, reason in rows:
-                counts[(int(bid), channel, status, reason or "")] += 1
-        return counts
 
     async def _finish(self, running: Sequence[int]) -> None:
         """A running broadcast with nothing pending or claimed is done."""
@@ -825,11 +925,16 @@ class BroadcastEngine:
             await asyncio.wait(list(self.tasks), timeout=3.0)
         for task in list(self.tasks):
             task.cancel()
-        await self.settle()
-        async with self.db.engine.begin() as conn:
-            await conn.execute(text(
-                "UPDATE broadcast_recipients SET status = 'pending', claim = NULL "
-                "WHERE status = 'sending' AND claim = :claim"), {"claim": self.token})
+        try:
+            await self.settle()
+            async with self.db.engine.begin() as conn:
+                await conn.execute(text(
+                    "UPDATE broadcast_recipients SET status = 'pending', claim = NULL "
+                    "WHERE status = 'sending' AND claim = :claim"), {"claim": self.token})
+        finally:
+            writer, self._writer = self._writer, None  # anything after this goes through the async engine
+            if writer is not None:
+                await asyncio.to_thread(writer.close)
 
 
 @dataclass(frozen=True, slots=True)
@@ -897,6 +1002,10 @@ def setup_broadcasts(app: web.Application, rt: Runtime) -> BroadcastService:
     engine = BroadcastEngine(service, {"web": WebChatTransport(rt.db)},
                              lease_seconds=settings.broadcast_lease_seconds)
     service.on_change = engine.refresh
+    if rt.db.is_sqlite:
+        # One process on SQLite: its claims and settles wait for a gap between the conversation steps, whose
+        # commits need the same write lock (PostgreSQL locks rows, so there they never wait on each other).
+        engine.steps_busy = lambda: len(rt.locks) > 0
     app[BROADCASTS] = service
     app[ENGINE] = engine
 

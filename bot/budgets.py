@@ -10,7 +10,9 @@ the budget falls back to the database (or memory) instead of failing a send.
 A send that must respect two budgets at once (Telegram: the chat's pace and the bot's) reserves both in one
 atomic step (`reserve_joint`): one start, the later of the two, taken from both, so the chat's slot is where the
 message really goes out; and when the chat's next slot is later than the bot's next one, nothing is taken and the
-caller comes back then, so a slow chat never holds the bot's slots.
+caller comes back then, so a slow chat never holds the bot's slots. A caller that must never hold a slot ahead of
+others (a broadcast message, behind every reply) asks with `now_only`: both slots if free this instant, else nothing
+and when to look again.
 
 Never keyed by a user, number or session: keys name a channel, a bot and a chat.
 """
@@ -34,10 +36,12 @@ class Budget(Protocol):
         before using it (0 when it is free now)."""
         ...
 
-    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float) -> tuple[bool, float]:
+    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float, now_only: bool = False) -> tuple[bool, float]:
         """Takes a slot of `chat` and of `bot` together, at the later of their next free moments: (True, seconds
         to wait). When the chat's next moment comes more than `slack` after the bot's, takes nothing and returns
-        (False, seconds until the chat's), so the caller tries again then and the bot's slots go to others."""
+        (False, seconds until the chat's), so the caller tries again then and the bot's slots go to others.
+        With `now_only`, takes them only when both are free this instant, else nothing and (False, seconds until
+        they are): a caller that must never hold a slot ahead of others (a broadcast behind replies)."""
         ...
 
     async def close(self) -> None: ...
@@ -66,14 +70,17 @@ class Slot:
 
 
 def joint(now: float, chat: Slot, chat_tat: float, bot: Slot, bot_tat: float,
-          slack: float) -> tuple[bool, float, float, float]:
+          slack: float, now_only: bool = False) -> tuple[bool, float, float, float]:
     """The joint reservation's arithmetic, the same in memory, in SQL's caller and in Redis's Lua: (taken, start,
     the chat's new TAT, the bot's new TAT). A budget's slot is free from its TAT on; taking one at `start` moves
-    the TAT to max(TAT, start - tolerance) + interval (the burst is the credit an idle budget keeps)."""
+    the TAT to max(TAT, start - tolerance) + interval (the burst is the credit an idle budget keeps). With
+    `now_only`, a start later than `now` takes nothing."""
     chat_at, bot_at = max(now, chat_tat), max(now, bot_tat - bot.credit)
     if chat_at > bot_at + slack:
         return False, chat_at, chat_tat, bot_tat
     start = max(chat_at, bot_at)
+    if now_only and start > now:
+        return False, start, chat_tat, bot_tat
     return (True, start, max(chat_tat, start - chat.tolerance) + chat.interval,
             max(bot_tat, start - bot.tolerance) + bot.interval)
 
@@ -92,10 +99,10 @@ class LocalBudget:
         self._tat[key] = start + interval
         return max(0.0, start - now)
 
-    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float) -> tuple[bool, float]:
+    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float, now_only: bool = False) -> tuple[bool, float]:
         now = float(self.clock())
         taken, start, chat_tat, bot_tat = joint(now, chat, self._tat.get(chat.key, 0.0), bot,
-                                                self._tat.get(bot.key, 0.0), slack)
+                                                self._tat.get(bot.key, 0.0), slack, now_only)
         if taken:
             self._tat[chat.key], self._tat[bot.key] = chat_tat, bot_tat
         return taken, max(0.0, start - now)
@@ -130,8 +137,8 @@ return string.format('%.6f', math.max(0, start - now))
 """
 
 # KEYS[1]: the chat's budget, KEYS[2]: the bot's; ARGV: chat interval, chat tolerance, bot interval, bot tolerance,
-# slack, bot credit. bot.budgets.joint in Lua: both slots at one start, or nothing while the chat's is the later by
-# over slack.
+# slack, bot credit, now only (1/0). bot.budgets.joint in Lua: both slots at one start, or nothing while the chat's is
+# the later by over slack (or, now only, while the start is still to come).
 _RESERVE_JOINT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -145,6 +152,9 @@ if chat_at > bot_at + tonumber(ARGV[5]) then
   return {0, string.format('%.6f', chat_at - now)}
 end
 local start = math.max(chat_at, bot_at)
+if tonumber(ARGV[7] or '0') == 1 and start > now then
+  return {0, string.format('%.6f', start - now)}
+end
 local new_chat = math.max(chat_tat, start - ct) + ci
 local new_bot = math.max(bot_tat, start - bt) + bi
 redis.call('SET', KEYS[1], string.format('%.6f', new_chat), 'PX', math.ceil((new_chat - now) * 1000) + 60000)
@@ -191,7 +201,7 @@ class DatabaseBudget:
             wait = (await connection.execute(statement, params)).scalar_one()
         return max(0.0, float(wait))
 
-    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float) -> tuple[bool, float]:
+    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float, now_only: bool = False) -> tuple[bool, float]:
         first, second = sorted((chat.key, bot.key))
         keys = {"first": first, "second": second}
         lock = text(_LOCK_ROWS_SQLITE if self.db.is_sqlite else _LOCK_ROWS)
@@ -201,7 +211,7 @@ class DatabaseBudget:
             tats = {str(row[0]): float(row[1]) for row in rows}
             now = float(rows[0][2])
             taken, start, chat_tat, bot_tat = joint(now, chat, tats.get(chat.key, 0.0), bot, tats.get(bot.key, 0.0),
-                                                    slack)
+                                                    slack, now_only)
             if taken:
                 await connection.execute(text(_MOVE_ROWS), {"chat": chat.key, "bot": bot.key, "chat_tat": chat_tat,
                                                             "bot_tat": bot_tat})
@@ -232,16 +242,17 @@ class RedisBudget:
                 self._degrade(exc)
         return await self.fallback.reserve(key, rate, burst)
 
-    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float) -> tuple[bool, float]:
+    async def reserve_joint(self, chat: Slot, bot: Slot, slack: float, now_only: bool = False) -> tuple[bool, float]:
         if time.monotonic() >= self._down_until:
             try:
                 taken, wait = await self._joint(
                     keys=[self.prefix + chat.key, self.prefix + bot.key],
-                    args=[chat.interval, chat.tolerance, bot.interval, bot.tolerance, slack, bot.credit])
+                    args=[chat.interval, chat.tolerance, bot.interval, bot.tolerance, slack, bot.credit,
+                          1 if now_only else 0])
                 return bool(int(taken)), max(0.0, float(wait))
             except Exception as exc:  # as in reserve: degrade to the fallback, never fail a send
                 self._degrade(exc)
-        return await self.fallback.reserve_joint(chat, bot, slack)
+        return await self.fallback.reserve_joint(chat, bot, slack, now_only)
 
     def _degrade(self, exc: Exception) -> None:
         log.warning("send budget: Redis unavailable, using the database", extra={"error": type(exc).__name__})

@@ -17,6 +17,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, or_, select
 
+from bot.broadcasts import settle_forgotten
 from bot.storage import (
     ConsentRecord,
     EffectOutcome,
@@ -33,6 +34,7 @@ from bot.storage import (
     UsageEvent,
     User,
     Verification,
+    utcnow,
 )
 from integrations.registry import RegistryError
 
@@ -148,8 +150,9 @@ FINISHED = ("done", "rejected", "refused")
 
 async def forget_user(db: Database, jobs: JobScheduler, user_id: int) -> int:
     """/forget: deletes what this identity and its person hold (verifications, codes, consents, real-name
-    checks, plans, tag statements, finished requests, the transcript and stored answers) and unlinks every
-    channel identity from the person. Open requests run to completion anonymised; their count is returned.
+    checks, plans, tag statements, finished requests, the transcript and stored answers), unlinks every
+    channel identity from the person, and settles the identity's rows of broadcasts still going out (nothing
+    more reaches it). Open requests run to completion anonymised; their count is returned.
     Abuse counters stay: they are security records (invariant 8) and hold only keyed hashes."""
     async with db.session() as session:
         person_id = await person_for_user(session, user_id)
@@ -178,6 +181,8 @@ async def forget_user(db: Database, jobs: JobScheduler, user_id: int) -> int:
         # keys stay, so a replay of an old delivery changes nothing and gets an empty answer.
         await session.exec(delete(OutboxMessage).where(col(OutboxMessage.user_id) == user_id))
         await session.exec(update(InboxItem).where(col(InboxItem.user_id) == user_id).values(response=None))
+        # Broadcasts still going out reach this identity no more: its rows are settled as `forgotten`.
+        await settle_forgotten(await session.connection(), user_id, utcnow(), sqlite=db.is_sqlite)
         if person_id is not None:
             await session.exec(delete(TagStatement).where(col(TagStatement.person_id) == person_id))
             await session.exec(update(User).where(col(User.person_id) == person_id).values(person_id=None))

@@ -502,7 +502,7 @@ class Database:
         # never more than half the pool.
         self._lock_slots = asyncio.Semaphore(max(1, min(LOCK_SLOTS, (pool_size + max_overflow) // 2)))
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", apply_sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
 
     async def create_all(self) -> None:
@@ -598,13 +598,13 @@ def storage_unavailable(exc: BaseException | None) -> bool:
     return False
 
 
-# Every SQLite connection we open (the ORM's and the step store's writer) runs with the same settings, so a
-# constraint or a lock wait behaves the same whichever path a write takes.
+# Every SQLite connection we open (the ORM's, the step store's writer, the broadcast engine's) runs with the same
+# settings, so a constraint or a lock wait behaves the same whichever path a write takes.
 SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=30000", "PRAGMA synchronous=NORMAL",
                   "PRAGMA foreign_keys=ON")
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def apply_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     for pragma in SQLITE_PRAGMAS:
         cursor.execute(pragma)
