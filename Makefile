@@ -13,6 +13,10 @@ endif
 export PYTHONDONTWRITEBYTECODE :=
 VENV := .venv
 PY := $(VENV)/bin/python
+# Two pytest workers, one a core. PYTEST_WORKERS=3 is faster still (much of a test's time is waiting, which a
+# third worker fills: 3:48 against 5:10 on the same loaded machine), but the extra load made the three-worker
+# Telegram scale test earn 429s in two of six runs; the multi-process tests stay two at a time either way (their
+# xdist groups, processes-a and processes-b).
 PYTEST_WORKERS ?= 2
 
 .PHONY: run test lint typecheck unit bench diagram venv lock upgrade clean
@@ -41,7 +45,9 @@ typecheck: venv
 	cp -R .mypy_cache "$$scratch" && rm -rf "$(MYPY_MACHINE_CACHE)" && mv -T "$$scratch" "$(MYPY_MACHINE_CACHE)" \
 	  2>/dev/null || rm -rf "$$scratch"
 
-# pytest-xdist spreads the suite over the machine's two cores; PYTEST_WORKERS=0 runs it in one process.
+# pytest-xdist spreads the suite over the machine's two cores (PYTEST_WORKERS, above); PYTEST_WORKERS=0 runs it in
+# one process. `--dist loadgroup` keeps each xdist_group on one worker (tests/conftest.py makes that work again
+# with pytest 9.2).
 unit: venv
 	@echo "$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)"
 	@$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); status=$$?; \

@@ -11,12 +11,16 @@ the broadcast service; a running server's engine picks up what changes here with
 `--json` after the sub-command prints the service's answer as JSON instead. Exit codes: 0 done, 1 an unknown id
 or an action the broadcast's state does not allow, 2 bad input. Every change is written to the staff audit log
 as `cli:<login name>`. Nothing here prints a user's number, name or chat id.
+
+`main()` is the command; `run_cli()` is the same command inside a running event loop, writing to the streams it
+is given (the tests call it in-process).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import sys
@@ -69,12 +73,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str], settings: Settings | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        return asyncio.run(run(args, settings or Settings()))
+        return asyncio.run(run_cli(argv, settings))
     except KeyboardInterrupt:
         # Stopping a watch leaves the broadcast as it is.
         return 130
+
+
+def parse(argv: list[str], out: TextIO, err: TextIO) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code argparse chose (2 for bad input, 0 for --help) once it has written
+    its message to `out` (help) or `err` (usage errors)."""
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return _parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+
+
+async def run_cli(argv: list[str], settings: Settings | None = None, out: TextIO | None = None,
+                  err: TextIO | None = None) -> int:
+    """`python -m bot broadcast ARGV` inside the running event loop: its exit code. What it prints goes to `out`
+    and `err` (standard output and standard error by default)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = parse(argv, out, err)
+    if isinstance(args, int):
+        return args
+    return await run(args, settings or Settings(), out, err)
 
 
 def _operator() -> str:
@@ -110,17 +135,19 @@ def _segment(args: argparse.Namespace) -> dict[str, Any]:
     return segment
 
 
-async def run(args: argparse.Namespace, settings: Settings, out: TextIO | None = None) -> int:
+async def run(args: argparse.Namespace, settings: Settings, out: TextIO | None = None,
+              err: TextIO | None = None) -> int:
     out = out or sys.stdout
+    err = err or sys.stderr
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url())
     try:
         await db.create_all()
         service = BroadcastService(db, Vault(settings.resolved_secret()), Catalog.load(), settings)
         try:
-            return await _run(args, service, db, out)
+            return await _run(args, service, db, out, err)
         except BroadcastError as exc:
-            print(f"{exc.code}: {exc.detail}" if exc.detail else exc.code, file=sys.stderr)
+            print(f"{exc.code}: {exc.detail}" if exc.detail else exc.code, file=err)
             return EXIT_OF.get(exc.code, 1)
     finally:
         await db.close()
@@ -130,7 +157,8 @@ async def _audit(db: Database, action: str, detail: str) -> None:
     await audit.record_now(db, None, action, detail, "cli", utcnow(), name=_operator())
 
 
-async def _run(args: argparse.Namespace, service: BroadcastService, db: Database, out: TextIO) -> int:
+async def _run(args: argparse.Namespace, service: BroadcastService, db: Database, out: TextIO,
+               err: TextIO) -> int:
     as_json = args.json
     if args.action == "create":
         segment = _segment(args)
@@ -168,14 +196,14 @@ async def _run(args: argparse.Namespace, service: BroadcastService, db: Database
         await _audit(db, "broadcast_report", f"#{args.id}")
         if args.output:
             args.output.write_text(csv_text, encoding="utf-8")
-            print(f"report of broadcast #{args.id} written to {args.output}", file=sys.stderr)
+            print(f"report of broadcast #{args.id} written to {args.output}", file=err)
         else:
             out.write(csv_text)
         return 0
     # status
     state = await service.status(args.id)
     if args.watch:
-        state = await _watch(service, args.id, state, max(args.interval, 0.05))
+        state = await _watch(service, args.id, state, max(args.interval, 0.05), err)
     print(json.dumps(state, ensure_ascii=False) if as_json else _status_text(state), file=out)
     return 0
 
@@ -223,7 +251,7 @@ def _dry_run_text(counts: dict[str, Any]) -> str:
 
 
 async def _watch(service: BroadcastService, broadcast_id: int, state: dict[str, Any],
-                 interval: float) -> dict[str, Any]:
+                 interval: float, err: TextIO) -> dict[str, Any]:
     """A rich progress bar on stderr, with the figures on the line below, until the broadcast is done or cancelled
     (Ctrl-C stops watching only)."""
     from rich.console import Console, Group
@@ -231,7 +259,7 @@ async def _watch(service: BroadcastService, broadcast_id: int, state: dict[str, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
     from rich.text import Text
 
-    console = Console(file=sys.stderr)
+    console = Console(file=err)
     progress = Progress(TextColumn("#{task.fields[id]} {task.fields[status]}"), BarColumn(bar_width=None),
                         TaskProgressColumn(), MofNCompleteColumn(), console=console, expand=True)
 

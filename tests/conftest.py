@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import hypothesis
 import pytest
+import pytest_asyncio
 
 from bot.config import Settings
 from bot.server import RunningServer, start_server
@@ -23,6 +26,17 @@ from bot.structured_logs import JsonFormatter
 from tests.sandbox_template import provide_sandbox_population, provide_schema
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Property tests on a loaded machine: no per-example deadline (200 ms by default, which a busy core can exceed
+# with no bug at all) and no "too slow to generate" health check; a failure prints how to reproduce it.
+hypothesis.settings.register_profile("haoqing", deadline=None, print_blob=True,
+                                     suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.load_profile("haoqing")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+# The browser tests share one Chromium per pytest worker (`browser`), which lives on the session's event loop: they
+# and the async fixtures they use run on that loop.
+ON_SESSION_LOOP = pytest.mark.asyncio(loop_scope="session")
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -175,6 +189,38 @@ class Chat:
             return list((await r.json())["messages"])
 
 
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def chromium() -> AsyncIterator[Any]:
+    """Debian's Chromium driven by Playwright, launched once per pytest worker (about 1 s of CPU a launch)."""
+    if CHROMIUM is None:
+        if IN_CI:
+            pytest.fail("Chromium is missing: .ci/run should have installed Debian's chromium package")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser(chromium: Any) -> AsyncIterator[Any]:
+    """The worker's Chromium for one test (mark the test ON_SESSION_LOOP). A test opens its own contexts, which
+    share nothing (cookies, storage, cache) with another test's; whatever it leaves open is closed after it."""
+    yield chromium
+    for context in list(chromium.contexts):
+        await context.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def session_loop_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """`server` on the session's event loop, for the browser tests."""
+    srv = await start_server(make_settings(tmp_path))
+    yield srv
+    await srv.stop()
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
@@ -188,3 +234,20 @@ async def chat(server: RunningServer, http: aiohttp.ClientSession) -> Chat:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`xdist_group` marks for `--dist loadgroup`. pytest-xdist 3.8 tells its scheduler an item's group by renaming
+    the item (`_nodeid` + "@group"), which pytest 9.2's structured node ids no longer read: every group was silently
+    spread over the workers (pytest-xdist issue 1386). Until a fixed release, the rename is made the new way; with
+    an xdist that already did it, nothing changes."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = {str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                 for mark in item.iter_markers("xdist_group")}
+        if names and "@" not in item.nodeid.rpartition("]")[2] and hasattr(item, "_id"):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(sorted(names))}")

@@ -16,22 +16,22 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from bot.i18n import Catalog
 from bot.server import RunningServer, start_server
 from tests.broadcast_support import Recipient, insert, migrate
-from tests.conftest import Chat, make_settings
+from tests.conftest import ON_SESSION_LOOP, Chat, make_settings
 from tests.test_browser import BROWSER_TIMEOUT_MS, DOCS
 from tests.test_staff import ALWAYS_OPEN, PASSWORD, add_staff
-from tests.test_staff_browser import browser  # noqa: F401  (the fixture)
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, ON_SESSION_LOOP]
 
 TEXT_ZH = "号清提醒：12 月 1 日起，解绑申请的进度可以在「我的申请」里随时查看。"
 TEXT_EN = "Haoqing: from 1 December you can follow your unbind requests under “My requests” at any time."
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")
 async def desk(tmp_path: Path) -> AsyncIterator[RunningServer]:
     # Telegram and WeChat users as the bot stores them, who blocked the bot or unfollowed: counted, not sent to.
     # Written before the bot starts: a blocking write beside the running bot's own would wait on its lock.
@@ -44,7 +44,7 @@ async def desk(tmp_path: Path) -> AsyncIterator[RunningServer]:
     await srv.stop()
 
 
-async def test_admin_composes_dry_runs_starts_and_watches_a_broadcast(browser: Any,  # noqa: F811
+async def test_admin_composes_dry_runs_starts_and_watches_a_broadcast(browser: Any,
                                                                       desk: RunningServer) -> None:
     base = desk.url
     async with aiohttp.ClientSession() as http:
@@ -173,7 +173,7 @@ async def test_admin_composes_dry_runs_starts_and_watches_a_broadcast(browser: A
         await chat_ctx.close()
 
 
-async def test_a_staff_account_has_no_broadcasts_link(browser: Any, desk: RunningServer) -> None:  # noqa: F811
+async def test_a_staff_account_has_no_broadcasts_link(browser: Any, desk: RunningServer) -> None:
     await add_staff(desk, "alice")
     ctx = await browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
     ctx.set_default_timeout(BROWSER_TIMEOUT_MS)

@@ -38,8 +38,8 @@ async def test_window_template_and_unreachable(wx_factory: Any) -> None:  # noqa
     await refuser.say("/start")
     follower = wx.user("oFollower00001")  # followed two minutes ago: the 1-minute window has closed
     await follower.subscribe()
-    wx.query("UPDATE inbox SET received_at = datetime(received_at, '-2 minutes') WHERE dedupe_key LIKE ?",
-             f"c:{wx.stored(follower.openid)}:%")
+    await wx.execute("UPDATE inbox SET received_at = datetime(received_at, '-2 minutes') WHERE dedupe_key LIKE ?",
+                     f"c:{wx.stored(follower.openid)}:%")
     fake.windows[follower.openid]["click"].opened_at -= 120
     busy = wx.user("oBusy000000001")  # wrote, then got 5 reminders: nothing left in the window
     await busy.say("/start")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,44 +12,39 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from bot.server import RunningServer
-from tests.conftest import IN_CI
+from tests.conftest import CHROMIUM, ON_SESSION_LOOP  # noqa: F401  (CHROMIUM: for other test modules)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, ON_SESSION_LOOP]
 BROWSER_TIMEOUT_MS = 120_000
 
 
 @asynccontextmanager
-async def phone_page(locale: str = "zh-CN") -> AsyncIterator[Any]:
-    if CHROMIUM is None:
-        if IN_CI:
-            pytest.fail("Chromium is missing: .ci/run should have installed Debian's chromium package")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
-        context = await browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
-                                            locale=locale)
-        # Patience, not speed, is under test: on 2 shared cores a step can wait behind another suite's load.
-        context.set_default_timeout(BROWSER_TIMEOUT_MS)
-        try:
-            yield await context.new_page()
-        finally:
-            await browser.close()
+async def phone_page(browser: Any, locale: str = "zh-CN") -> AsyncIterator[Any]:
+    """A page at phone width in a new context of the worker's shared Chromium (the `browser` fixture)."""
+    context = await browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                        locale=locale)
+    # Patience, not speed, is under test: on 2 shared cores a step can wait behind another suite's load.
+    context.set_default_timeout(BROWSER_TIMEOUT_MS)
+    try:
+        yield await context.new_page()
+    finally:
+        await context.close()
 
 
-@pytest.fixture
-async def page():
-    async with phone_page() as p:
+@pytest_asyncio.fixture(loop_scope="session")
+async def server(session_loop_server: RunningServer) -> RunningServer:
+    """The usual server, on the browser's event loop."""
+    return session_loop_server
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def page(browser: Any) -> AsyncIterator[Any]:
+    async with phone_page(browser) as p:
         yield p
 
 
@@ -165,10 +159,10 @@ async def last_button(page: Any, name: str) -> Any:
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
-async def test_typed_unbind_journey_at_phone_width(server: RunningServer, lang: str) -> None:
+async def test_typed_unbind_journey_at_phone_width(browser: Any, server: RunningServer, lang: str) -> None:
     words = WORDS[lang]
     demo = (await demos(server.url, "recycled"))[0]
-    async with phone_page(words["locale"]) as page:
+    async with phone_page(browser, words["locale"]) as page:
         actions = 0
         await page.goto(server.url + "/")
         # The page's own words follow the language (finding 7), and buttons use the bubbles' font.
@@ -236,10 +230,10 @@ async def sixteen_item_demo(server: RunningServer) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
-async def test_a_sixteen_item_plan_at_phone_width(server: RunningServer, lang: str) -> None:
+async def test_a_sixteen_item_plan_at_phone_width(browser: Any, server: RunningServer, lang: str) -> None:
     words = WORDS[lang]
     demo = await sixteen_item_demo(server)
-    async with phone_page(words["locale"]) as page:
+    async with phone_page(browser, words["locale"]) as page:
         await page.goto(server.url + "/")
         await (await last_button(page, words["plan"])).click()
         await (await last_button(page, words["agree"])).click()
@@ -270,8 +264,9 @@ async def test_a_sixteen_item_plan_at_phone_width(server: RunningServer, lang: s
         assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
-async def test_the_page_switches_its_words_when_the_conversation_switches_language(server: RunningServer) -> None:
-    async with phone_page("zh-CN") as page:
+async def test_the_page_switches_its_words_when_the_conversation_switches_language(browser: Any,
+                                                                                  server: RunningServer) -> None:
+    async with phone_page(browser, "zh-CN") as page:
         await page.goto(server.url + "/")
         await (await last_button(page, "设置")).click()
         await (await last_button(page, "切换语言")).click()

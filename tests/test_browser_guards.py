@@ -4,25 +4,27 @@ the proof of work by itself and the code is sent, and 新对话 ends the old ses
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from bot.server import start_server
-from tests.conftest import make_settings
+from tests.conftest import ON_SESSION_LOOP, make_settings
 from tests.test_browser import phone_page
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, ON_SESSION_LOOP]
 
 
-async def test_the_page_solves_the_proof_of_work_and_new_chat_ends_the_old_session(tmp_path: Path) -> None:
+async def test_the_page_solves_the_proof_of_work_and_new_chat_ends_the_old_session(browser: Any,
+                                                                                   tmp_path: Path) -> None:
     # Every code needs a proof of work here, at a difficulty a test can afford.
     server = await start_server(make_settings(tmp_path, otp_pow_after=0, pow_bits=10))
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{server.url}/sandbox/registry/numbers", params={"kind": "fresh"}) as r:
                 phone = (await r.json())[0]["phone"]
-            async with phone_page() as page:
+            async with phone_page(browser) as page:
                 await page.goto(server.url + "/")
                 await page.get_by_role("button", name="查询号码绑定").last.click()
                 await page.get_by_role("button", name="同意并继续").last.click()

@@ -511,7 +511,7 @@ async def test_staff_cli_adds_lists_disables_and_changes_passwords(tmp_path: Pat
     async def run_here(*args: str, stdin: str = "") -> tuple[int, str, str]:
         """The same command through the same function (bot.staff.cli.run) in this process: an interpreter start
         costs some 3 s of CPU, and the process boundary is what `run` covers (first use of a new data folder,
-        standard input, output and exit codes 0 and 1)."""
+        standard input, standard output and exit codes 0 and 1)."""
         settings = Settings(_env_file=None, data_dir=tmp_path, secret_key="test-secret-key",  # type: ignore[call-arg]
                             log_level="WARNING")
         out, err = io.StringIO(), io.StringIO()
@@ -519,13 +519,14 @@ async def test_staff_cli_adds_lists_disables_and_changes_passwords(tmp_path: Pat
             code = await cli.run(list(args), settings, io.StringIO(stdin))
         return code, out.getvalue(), err.getvalue()
 
-    assert (await run("add", "carol", "--role", "admin", stdin=PASSWORD + "\n"))[0] == 0
+    code, out, _err = await run("add", "carol", "--role", "admin", stdin=PASSWORD + "\n")
+    assert code == 0 and out == "carol: admin account created\n", out
     code, _out, err = await run_here("add", "carol", stdin=PASSWORD + "\n")
     assert code == 1 and "exists already" in err
     code, _out, err = await run_here("add", "dave", stdin="short\n")
     assert code == 2 and "at least" in err
     assert (await run_here("add", "dave", "--role", "staff", stdin=PASSWORD + "\n"))[0] == 0
-    code, out, _err = await run("list")
+    code, out, _err = await run_here("list")
     assert code == 0 and "carol\tadmin\tactive" in out and "dave\tstaff\tactive" in out
     assert PASSWORD not in out
 

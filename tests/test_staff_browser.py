@@ -13,34 +13,17 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from bot.server import RunningServer, start_server
-from tests.conftest import IN_CI, make_settings
-from tests.test_browser import BROWSER_TIMEOUT_MS, CHROMIUM, DOCS, latest_code
+from tests.conftest import ON_SESSION_LOOP, make_settings
+from tests.test_browser import BROWSER_TIMEOUT_MS, DOCS, latest_code
 from tests.test_staff import ALWAYS_OPEN, PASSWORD, add_staff
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if CHROMIUM is None:
-        if IN_CI:
-            pytest.fail("Chromium is missing: .ci/run should have installed Debian's chromium package")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
-        yield launched
-        await launched.close()
-
-
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")
 async def desk(tmp_path: Path) -> AsyncIterator[RunningServer]:
     srv = await start_server(make_settings(tmp_path, **ALWAYS_OPEN))
     await add_staff(srv, "alice")
@@ -48,6 +31,7 @@ async def desk(tmp_path: Path) -> AsyncIterator[RunningServer]:
     await srv.stop()
 
 
+@ON_SESSION_LOOP
 async def test_handoff_journey_in_the_browser(browser: Any, desk: RunningServer) -> None:
     base = desk.url
     async with aiohttp.ClientSession() as http:
@@ -145,6 +129,7 @@ def test_the_console_takes_its_words_from_the_catalog() -> None:
     assert not CJK.search(script)
 
 
+@ON_SESSION_LOOP
 async def test_only_an_admin_sees_the_audit_log_in_the_console(browser: Any, desk: RunningServer) -> None:
     await add_staff(desk, "root", role="admin")
     context = await browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")

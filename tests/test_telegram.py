@@ -562,18 +562,25 @@ async def _wait_rows(srv: TgServer, check: Any, seconds: float = 10.0) -> list[O
 async def test_429_storm_delays_only_the_flooded_chats(srv: TgServer) -> None:
     flooded = [TgUser(srv, 7100 + i) for i in range(4)]
     calm = TgUser(srv, 7200)
+    # Each flooded chat's first two sends draw a 429 with retry_after 2, so none of its replies can go out before
+    # the bot has waited 4 s as told. The calm chat and the webhooks are checked against that, in the fake's log:
+    # no wall clock is asserted.
     for user in flooded:
-        srv.fake.fail("429", method="sendMessage", chat_id=user.chat_id, times=3, retry_after=1)
-    started = time.monotonic()
+        srv.fake.fail("429", method="sendMessage", chat_id=user.chat_id, times=2, retry_after=2)
     storm = asyncio.gather(*(srv.post(tg.message(u.chat_id, text="/start")) for u in flooded))
-    await asyncio.sleep(0.05)
-    calm_started = time.monotonic()
+    await srv.fake.wait_for(lambda: all(srv.fake.called("sendMessage", chat_id=u.chat_id, ok=False)
+                                        for u in flooded))
+
+    def attempts(user: TgUser) -> int:
+        return len(srv.fake.called("sendMessage", chat_id=user.chat_id))
+
+    # While every flooded chat waits out its first retry_after, the calm chat's replies go out with its webhook.
     assert await srv.post(tg.message(calm.chat_id, text="/start")) == 200
-    calm_took = time.monotonic() - calm_started
-    assert len(calm.new()) == 2 and calm_took < 1.0, calm_took
+    assert len(calm.new()) == 2
+    assert [attempts(u) for u in flooded] == [1] * len(flooded), "the calm chat waited for the flooded ones"
+    # The flooded webhooks answer without waiting out retry_after: their replies are left to the outbox.
     assert set(await storm) == {200}
-    # The webhook answers within inline_wait; what was still waiting out retry_after went to the outbox.
-    assert time.monotonic() - started < srv.channel.limits.inline_wait + 1.5
+    assert all(srv.fake.sent(u.chat_id) == [] for u in flooded)
     for user in flooded:
         await srv.fake.wait_for(lambda u=user: len(srv.fake.sent(u.chat_id)) >= 2, timeout=10)
     await asyncio.sleep(0.3)
@@ -582,7 +589,7 @@ async def test_429_storm_delays_only_the_flooded_chats(srv: TgServer) -> None:
         assert len(sent) == 2, "each reply exactly once"
         assert "号清" in sent[0]["text"] and "lookup" in inline_ids(sent[1])
         throttled = srv.fake.called("sendMessage", chat_id=user.chat_id, ok=False)
-        assert len(throttled) == 3
+        assert len(throttled) == 2
         assert sent and srv.fake.called("sendMessage", chat_id=user.chat_id, ok=True)[0].at - throttled[-1].at >= 0
     rows = await _wait_rows(srv, lambda rows: all(r.status == "sent" for r in rows))
     assert len(rows) == 10
@@ -706,12 +713,14 @@ async def test_plan_date_from_the_calendar(srv: TgServer) -> None:
     await user.say("/start")
     await user.click("plan")
     await user.click("agree")
+    # Today in Beijing, taken before the calendar is drawn: a test running across midnight there still passes.
+    today = (datetime.now(UTC) + timedelta(hours=8)).date().isoformat()
     shown = await user.share_contact(person["phone"])
     calendar = shown[-1]
     days = [d for d in inline_ids(calendar) if d.startswith("date:")]
     assert days and "menu" in inline_ids(calendar), inline_ids(calendar)
     # Every day offered is one the plan accepts: from today to a year ahead.
-    assert min(days) >= "date:" + (datetime.now(UTC) + timedelta(hours=8)).date().isoformat()
+    assert min(days) >= "date:" + today
     message_id, buttons = user.keyboard_message(days[0])
     # Next month: the calendar is redrawn in place, and no conversation step runs.
     nav = next(b for b in buttons if b.startswith("month:"))

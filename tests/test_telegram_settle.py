@@ -26,6 +26,16 @@ from tests.test_telegram import TgUser, _wait_rows, fake, http, start_tg  # noqa
 SETTLE_FAILED = "telegram reply rows not settled; retrying"
 
 
+async def _alter(database: str, statement: str) -> None:
+    """Runs a schema change on the bot's database from another thread: on the event loop's own thread it would wait
+    for the in-process server's open transaction, which cannot end while the loop is blocked."""
+    def run() -> None:
+        with sqlite3.connect(database, timeout=30) as conn:
+            conn.execute(statement)
+
+    await asyncio.to_thread(run)
+
+
 async def until(predicate: Callable[[], Any], seconds: float = 15.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
@@ -51,15 +61,13 @@ async def test_a_settle_the_database_refuses_is_retried_and_the_reply_is_not_sen
         assert await srv.post(tg.message(user.chat_id, text="/help")) == 200
         handed = await _wait_rows(srv, lambda rows: any(r.status == "sending" for r in rows))
         claimed = sorted(r.id for r in handed if r.status == "sending")
-        with sqlite3.connect(database, timeout=30) as away:
-            away.execute("ALTER TABLE outbox RENAME TO outbox_away")
+        await _alter(database, "ALTER TABLE outbox RENAME TO outbox_away")
         try:
             # Telegram gets the replies; recording that fails while the table is away.
             await until(lambda: len(fake.sent(user.chat_id)) > sent_before)
             await until(lambda: SETTLE_FAILED in log_capture.getvalue())
         finally:
-            with sqlite3.connect(database, timeout=30) as back:
-                back.execute("ALTER TABLE outbox_away RENAME TO outbox")
+            await _alter(database, "ALTER TABLE outbox_away RENAME TO outbox")
         rows = await _wait_rows(srv, lambda rows: all(r.status == "sent" for r in rows if r.id in claimed))
         assert [r.attempts for r in rows if r.id in claimed] == [0] * len(claimed), "never handed to the pump"
         delivered = len(fake.sent(user.chat_id))
@@ -90,14 +98,12 @@ async def test_replies_the_database_will_not_take_over_are_still_sent_once_and_t
         # The step is committed and its first send refused for 3 s; the table goes away before inline_wait ends,
         # so marking the replies handed over fails.
         await until(lambda: fake.called("sendMessage", chat_id=user.chat_id, ok=False))
-        with sqlite3.connect(database, timeout=30) as away:
-            away.execute("ALTER TABLE outbox RENAME TO outbox_away")
+        await _alter(database, "ALTER TABLE outbox RENAME TO outbox_away")
         try:
             # 200, not 503: a redelivered update would have its replayed answer sent a second time.
             assert await posted == 200
         finally:
-            with sqlite3.connect(database, timeout=30) as back:
-                back.execute("ALTER TABLE outbox_away RENAME TO outbox")
+            await _alter(database, "ALTER TABLE outbox_away RENAME TO outbox")
         rows = await _wait_rows(srv, lambda rows: len(rows) > len(before) and all(r.status == "sent" for r in rows))
         replies = len(rows) - len(before)
         await until(lambda: len(fake.sent(user.chat_id)) >= sent_before + replies)

@@ -27,8 +27,10 @@ from tests.processes import ROOT, free_port, wait_ready
 from tests.test_postgres import pg_url  # noqa: F401 - the fixture
 
 # Several processes of their own each: the tests of one group run one after another on one pytest worker, so at
-# most two such tests (one per group) load the machine's two cores at once.
-pytestmark = pytest.mark.xdist_group("processes-a")
+# most two such tests (one per group) load the machine's two cores at once. With tests/test_scale_telegram.py in
+# group b: their workers hold up to 42 and 63 PostgreSQL connections, together more than the server's default
+# max_connections (100) allows ("too many clients already").
+pytestmark = pytest.mark.xdist_group("processes-b")
 
 
 REGISTRY_TOKEN = "workers-test-registry-token"

@@ -12,19 +12,19 @@ import aiohttp
 import pytest
 
 from bot.server import start_server
-from tests.conftest import make_settings
+from tests.conftest import ON_SESSION_LOOP, make_settings
 from tests.test_browser import phone_page
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, ON_SESSION_LOOP]
 
 
-async def test_a_number_typed_before_the_consent_answer_arrives_is_sent(tmp_path: Path) -> None:
+async def test_a_number_typed_before_the_consent_answer_arrives_is_sent(browser: Any, tmp_path: Path) -> None:
     server = await start_server(make_settings(tmp_path))
     try:
         async with aiohttp.ClientSession() as http, \
                 http.get(f"{server.url}/sandbox/registry/numbers", params={"kind": "fresh"}) as r:
             phone = (await r.json())[0]["phone"]
-        async with phone_page() as page:
+        async with phone_page(browser) as page:
             await page.goto(server.url + "/")
             await page.get_by_role("button", name="查询号码绑定").last.click()
             await page.get_by_text("同意并继续").last.wait_for()
