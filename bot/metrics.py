@@ -48,6 +48,12 @@ _DB_GAUGES = (
      "SELECT channel, count(*) FROM outbox WHERE status = 'pending' GROUP BY channel", "channel"),
     ("haoqing_tickets", "Staff tickets by status.", "SELECT status, count(*) FROM tickets GROUP BY status", "status"),
     ("haoqing_jobs", "Durable jobs by status.", "SELECT status, count(*) FROM jobs GROUP BY status", "status"),
+    # A broadcast's progress: its recipients not yet settled, by the broadcast's state (a handful of rows: the
+    # counts are kept per broadcast, channel and outcome as they settle, never counted over the recipients).
+    ("haoqing_broadcast_left", "Broadcast recipients not yet sent to or settled, by the broadcast's state.",
+     "SELECT b.status, SUM(b.recipients - COALESCE((SELECT SUM(c.count) FROM broadcast_counts c "
+     "WHERE c.broadcast_id = b.id), 0)) FROM broadcasts b WHERE b.status IN ('scheduled', 'running', 'paused') "
+     "GROUP BY b.status", "status"),
 )
 
 

@@ -54,3 +54,23 @@ async def test_metrics_need_the_token_when_one_is_set(tmp_path: Path, http: aioh
             assert "haoqing_updates_total" in await r.text()
     finally:
         await srv.stop()
+
+
+async def test_a_scrape_shows_a_broadcasts_progress(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    from datetime import timedelta
+
+    from bot.broadcasts import BROADCASTS
+    from bot.storage import utcnow
+
+    for _ in range(3):
+        await (await Chat(http, server.url).open()).say("/start")
+    service = server.app[BROADCASTS]
+    texts = {"zh_CN": "号清提醒：周六系统维护。", "en": "Haoqing: maintenance on Saturday."}
+    # Scheduled a day ahead: it waits, all three recipients left, whatever the engine does meanwhile.
+    created = await service.create(texts=texts, dry_run=False, scheduled_at=utcnow() + timedelta(days=1))
+    await service.start(created["id"])
+    body = await scrape(http, server.url)
+    assert sample(body, "haoqing_broadcast_left", status="scheduled") == 3
+    assert sample(body, "haoqing_broadcast_left", status="running") == 0
+    await service.cancel(created["id"])
+    assert sample(await scrape(http, server.url), "haoqing_broadcast_left", status="scheduled") == 0
