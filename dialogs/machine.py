@@ -100,7 +100,14 @@ def step(state: str, data: Mapping[str, Any], event: Event, model: IntentModel |
             return _resolve(ctx, phone_sealed(ctx))
     handler = HANDLERS.get(state)
     if handler is None:
-        return _resolve(ctx, menu.welcome(ctx))
+        welcomed = _resolve(ctx, menu.welcome(ctx))
+        if event.kind == "text" and welcomed.state in HANDLERS:
+            # Someone's first words (a WeChat follower from before the account had a bot writes "设置"): greeted,
+            # and what they asked for done, when the menu understands it; else the greeting and the menu alone.
+            then = step(welcomed.state, welcomed.data, event, model)
+            if not any(reply.msg.key in NOT_UNDERSTOOD for reply in then.replies):
+                return Step(then.state, then.data, (Reply(Msg("welcome")), *then.replies), then.effects)
+        return welcomed
     raw = handler(ctx)
     if raw.state != state and (state, raw.state) not in _EDGES:
         raise UndeclaredTransition(f"{state} -> {raw.state}")
