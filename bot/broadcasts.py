@@ -552,7 +552,9 @@ async def settle_forgotten(conn: Any, user_id: int, now: datetime, *, sqlite: bo
     arrive, as with a send under way at a crash."""
     settled = (await conn.execute(text(
         "UPDATE broadcast_recipients SET status = 'unreachable', reason = 'forgotten', finished_at = :now, "
-        "claim = NULL WHERE user_id = :uid AND status IN ('pending', 'sending') RETURNING broadcast_id, channel"),
+        "claim = NULL WHERE broadcast_id IN (SELECT id FROM broadcasts WHERE status NOT IN ('done', 'cancelled')) "
+        # ^ (broadcast_id, user_id) is the unique index: a lookup per live broadcast, not a scan of every row kept
+        "AND user_id = :uid AND status IN ('pending', 'sending') RETURNING broadcast_id, channel"),
         {"uid": user_id, "now": sqlite_time(now) if sqlite else now})).all()
     counts: dict[tuple[int, str], int] = defaultdict(int)
     for broadcast_id, channel in settled:

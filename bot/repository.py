@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,7 +53,7 @@ class Recipient:
     whether they can be reached, and their language."""
 
     id: int
-    address: str
+    address: str = field(repr=False)
     active: bool
     lang: str
 

@@ -111,3 +111,45 @@ async def test_replies_the_database_will_not_take_over_are_still_sent_once_and_t
         assert len(fake.sent(user.chat_id)) == sent_before + replies, "each reply exactly once"
     finally:
         await srv.runner.cleanup()
+
+
+class _FlakyOutbox:
+    """An outbox whose settle fails with the given errors, in order, then works."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+        self.settled: list[tuple[list[int], str]] = []
+
+    async def settle(self, ids: list[int], status: str) -> None:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        self.settled.append((list(ids), status))
+
+
+def _pump(outbox: _FlakyOutbox) -> Any:
+    from bot.channels.telegram_send import Limits, OutboxPump
+
+    limits = Limits()
+    limits.settle_retry_base, limits.settle_retry_cap = 0.001, 0.002
+    pump = OutboxPump(outbox, None, None, limits)  # type: ignore[arg-type]
+    pump.inflight.update({1, 2})
+    return pump
+
+
+async def test_a_settle_is_retried_while_the_database_is_away_and_only_then() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    away = OperationalError("UPDATE outbox", {}, Exception("database is locked"))
+    outbox = _FlakyOutbox(away, away)
+    pump = _pump(outbox)
+    await pump.settle_handed_over([1, 2], "sent")
+    assert outbox.calls == 3 and outbox.settled == [([1, 2], "sent")] and not pump.inflight
+
+    # Not an outage (a bug, bad data): retrying would repeat it forever; one try, logged, and the lease hands the
+    # rows back.
+    outbox = _FlakyOutbox(ValueError("bad row"))
+    pump = _pump(outbox)
+    await pump.settle_handed_over([1, 2], "sent")
+    assert outbox.calls == 1 and outbox.settled == [] and not pump.inflight

@@ -6,7 +6,11 @@ A broadcast message never queues in the bot-wide pace's turns (telegram_send.Bot
 ahead of time: it takes the bot's and the chat's slots together only when both are free this instant and no
 reply or push is waiting for a turn, else it waits until they are free and looks again. So a reply never waits
 behind a broadcast message's slot (it would have, up to one bot interval, ~36 ms, when the pace's granter slept
-until a broadcast slot it had reserved), and the broadcast takes what the replies leave.
+until a broadcast slot it had reserved), and the broadcast takes what the replies leave. One exception: a reply
+to the very chat a broadcast message is being sent to waits for that one message (it holds the chat's lane).
+Only one broadcast send per process looks for a slot at a time: each look is a transaction on the shared budget
+(on PostgreSQL a pooled connection and the bot's row lock), and many sends looking at once would crowd out the
+replies' own reservations.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class TelegramBroadcast:
         # About a second of sends under way, plus room for a few chats waiting out a 429, and no more: what is
         # claimed and not yet sent when a worker dies waits for its lease.
         self.concurrency = max(16, min(512, int(self.rate) + 16))
+        self._looking = asyncio.Lock()
 
     async def send(self, delivery: Delivery) -> Outcome:
         if not delivery.address.lstrip("-").isdigit():
@@ -70,14 +75,15 @@ class TelegramBroadcast:
         turns = self.sender.pace
         bot = Slot(turns.key, self.sender.limits.bot_per_second)
         chat = Slot(f"{turns.key}:chat:{chat_id}", self.sender.chat_rate(chat_id))
-        while True:
-            if len(turns):
-                wait = bot.interval  # replies or pushes are waiting for their turns: they go first
-            else:
-                taken, wait = await self._reserve(chat, bot)
-                if taken:
-                    return
-            await asyncio.sleep(max(wait, MIN_WAIT))
+        async with self._looking:
+            while True:
+                if len(turns):
+                    wait = bot.interval  # replies or pushes are waiting for their turns: they go first
+                else:
+                    taken, wait = await self._reserve(chat, bot)
+                    if taken:
+                        return
+                await asyncio.sleep(max(wait, MIN_WAIT))
 
     async def _reserve(self, chat: Slot, bot: Slot) -> tuple[bool, float]:
         turns = self.sender.pace

@@ -32,7 +32,7 @@ from bot.channels.telegram_render import Outgoing, render_payload
 from bot.channels.telegram_request import AiohttpRequest, raise_for_answer
 from bot.i18n import Catalog
 from bot.repository import Queued, Recipient
-from bot.storage import utcnow
+from bot.storage import storage_unavailable, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -529,6 +529,11 @@ class OutboxPump:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if not storage_unavailable(exc):
+                        # A bug or bad data, not an outage: retrying would only repeat it. The lease hands the rows
+                        # back (at least once, as every claim).
+                        log.exception("telegram reply rows not settled", extra={"rows": len(ids), "status": status})
+                        return
                     tries += 1
                     log.warning("telegram reply rows not settled; retrying",
                                 extra={"rows": len(ids), "status": status, "retry_in": delay,
