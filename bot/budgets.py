@@ -270,7 +270,10 @@ def budget_for(db: Any, redis_url: str) -> Budget:
         return fallback
     import redis.asyncio as redis_asyncio
 
-    client = redis_asyncio.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    # A refused connection fails at once whatever the timeouts. The answer's timeout is long enough that a busy
+    # worker whose event loop stalled for a moment does not take Redis for gone: a worker that falls back while
+    # the others stay on Redis is a second budget beside theirs for 5 s, and Telegram counts both.
+    client = redis_asyncio.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=2.0)
     return RedisBudget(client, fallback)
 
 
