@@ -58,10 +58,6 @@ class StepResult:
     # The delivery was handled before: these are its first answer, and nothing ran again.
     replayed: bool = False
 
-    @property
-    def payloads(self) -> list[dict[str, Any]]:
-        return list(self.messages)
-
 
 def offered_ids(data: Mapping[str, Any]) -> tuple[str, ...]:
     """The choice ids a conversation's data says are on offer (what the dispatcher stored in `_offered`)."""

@@ -101,9 +101,10 @@ def step(state: str, data: Mapping[str, Any], event: Event, model: IntentModel |
     handler = HANDLERS.get(state)
     if handler is None:
         welcomed = _resolve(ctx, menu.welcome(ctx))
-        if event.kind == "text" and welcomed.state in HANDLERS:
+        if event.kind == "text" and typed_number(event.text) is None and welcomed.state in HANDLERS:
             # Someone's first words (a WeChat follower from before the account had a bot writes "设置"): greeted,
             # and what they asked for done, when the menu understands it; else the greeting and the menu alone.
+            # A bare number is not read as a menu item they have not seen yet.
             then = step(welcomed.state, welcomed.data, event, model)
             if not any(reply.msg.key in NOT_UNDERSTOOD for reply in then.replies):
                 return Step(then.state, then.data, (Reply(Msg("welcome")), *then.replies), then.effects)

@@ -13,7 +13,7 @@ import pytest
 
 from bot.budgets import DatabaseBudget, LocalBudget, RedisBudget, Slot
 from bot.channels.telegram_broadcast import TelegramBroadcast
-from bot.channels.telegram_send import Limits, Sender
+from bot.channels.telegram_send import BotPace, Limits, Sender
 from bot.storage import Database
 from tests.test_budgets import migrated, redis_url_or_skip
 from tests.test_postgres import pg_url  # noqa: F401 - the fixture
@@ -80,13 +80,13 @@ async def test_a_broadcast_message_waits_while_replies_wait_for_their_turns() ->
     transport = TelegramBroadcast(sender, LocalBudget(), 20.0)
     waiting = [1]
 
-    class Turns:
-        key, budget, local = sender.pace.key, None, sender.pace.local
+    class Turns(BotPace):
+        """The real pace, with as many turns waiting as the test says."""
 
         def __len__(self) -> int:
             return waiting[0]
 
-    sender.pace = Turns()  # type: ignore[assignment]
+    sender.pace = Turns(sender.pace.clock, None, sender.pace.key)
     slot = asyncio.create_task(transport.slot(700_000_001))
     await asyncio.sleep(0.2)
     assert not slot.done(), "a reply or push is waiting for its turn: the broadcast does not take the slot"

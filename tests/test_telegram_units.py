@@ -24,7 +24,7 @@ from bot.channels.telegram_render import (
     split_text,
 )
 from bot.channels.telegram_request import AiohttpRequest
-from bot.channels.telegram_send import Gcra, Limits, Sender, Undeliverable, retry_after
+from bot.channels.telegram_send import Limits, Sender, Undeliverable, retry_after
 from bot.i18n import Catalog
 from tests.fakes import fake_bot_api as tg
 from tests.fakes.fake_bot_api import FakeBotApi
@@ -191,19 +191,6 @@ async def test_a_cancelled_waiter_does_not_wedge_the_chat() -> None:
     async with asyncio.timeout(1), turns.turn(1, 6):
         pass
     assert len(turns) == 0
-
-
-def test_gcra_allows_a_burst_then_paces() -> None:
-    pace = Gcra()
-    now = 100.0
-    for _ in range(3):
-        assert pace.wait_for(now, 1.0, 3) == 0
-        pace.take(now, 1.0)
-    assert pace.wait_for(now, 1.0, 3) == pytest.approx(1.0)
-    assert pace.wait_for(now + 1.0, 1.0, 3) == 0
-    strict = Gcra()
-    strict.take(now, 1.0)
-    assert strict.wait_for(now + 0.5, 1.0, 1) == pytest.approx(0.5)
 
 
 class ScriptedBot:

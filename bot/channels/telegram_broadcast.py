@@ -21,7 +21,7 @@ from typing import Any
 
 from bot.broadcasts import SENT, Delivery, Outcome
 from bot.budgets import Budget, Slot, pace
-from bot.channels.telegram_send import Sender, Undeliverable
+from bot.channels.telegram_send import BROADCAST, Sender, Undeliverable
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +73,14 @@ class TelegramBroadcast:
         """Waits until the bot's and the chat's slots are both free with no reply or push waiting, and takes
         them."""
         turns = self.sender.pace
-        bot = Slot(turns.key, self.sender.limits.bot_per_second)
+        turns.rate = self.sender.limits.bot_per_second
         chat = Slot(f"{turns.key}:chat:{chat_id}", self.sender.chat_rate(chat_id))
         async with self._looking:
             while True:
                 if len(turns):
-                    wait = bot.interval  # replies or pushes are waiting for their turns: they go first
+                    wait = 1.0 / turns.rate  # replies or pushes are waiting for their turns: they go first
                 else:
-                    taken, wait = await self._reserve(chat, bot)
+                    taken, wait = await turns.reserve(chat, BROADCAST, now_only=True)
                     if taken:
                         return
                 await asyncio.sleep(max(wait, MIN_WAIT))
-
-    async def _reserve(self, chat: Slot, bot: Slot) -> tuple[bool, float]:
-        turns = self.sender.pace
-        shared = turns.budget
-        if shared is not None:
-            try:
-                return await shared.reserve_joint(chat, bot, bot.interval, now_only=True)
-            except Exception:
-                # As the pace itself does: the shared store failed outright, keep this process's own pace.
-                log.exception("telegram broadcast: shared send budget unavailable")
-        return await turns.local.reserve_joint(chat, bot, bot.interval, now_only=True)

@@ -106,24 +106,6 @@ class LeanBot(Bot):
         return raise_for_answer(status, raw)
 
 
-class Gcra:
-    """Generic cell rate algorithm: `rate` per second sustained, `burst` back to back.
-
-    The rate is passed on every call so that limits changed at run time apply at once."""
-
-    __slots__ = ("tat",)
-
-    def __init__(self) -> None:
-        self.tat = 0.0
-
-    def wait_for(self, now: float, rate: float, burst: int) -> float:
-        tolerance = (max(burst, 1) - 1) / rate
-        return max(0.0, max(self.tat, now) - tolerance - now)
-
-    def take(self, now: float, rate: float) -> None:
-        self.tat = max(self.tat, now) + 1.0 / rate
-
-
 # Turn ranks in the bot-wide queue: lower goes first.
 REPLY, PUSH, BROADCAST = 0, 1, 2
 
@@ -194,13 +176,15 @@ class BotPace:
         self.local.put(self.key, bot_tat)
         return True
 
-    async def _reserve(self, chat: Slot | None, rank: int = PUSH) -> tuple[bool, float]:
+    async def reserve(self, chat: Slot | None, rank: int = PUSH, *, now_only: bool = False) -> tuple[bool, float]:
+        """Reserves the bot's slot (and `chat`'s with it) on the shared budget, else this process's own: (taken,
+        wait). With `now_only` (a chat given) nothing is taken unless both are free this instant."""
         budget: Budget = self.budget if self.budget is not None else self.local
         bot = self._bot(rank)
         try:
             if chat is None:
                 return True, await budget.reserve(self.key, self.rate)
-            return await budget.reserve_joint(chat, bot, bot.interval)
+            return await budget.reserve_joint(chat, bot, bot.interval, now_only=now_only)
         except Exception:
             if budget is self.local:
                 raise
@@ -208,7 +192,7 @@ class BotPace:
             log.exception("telegram: shared send budget unavailable")
             if chat is None:
                 return True, await self.local.reserve(self.key, self.rate)
-            return await self.local.reserve_joint(chat, bot, bot.interval)
+            return await self.local.reserve_joint(chat, bot, bot.interval, now_only=now_only)
 
     async def _grant(self) -> None:
         """Grants queued turns one at a time, best rank first, each on slots reserved for it; a turn whose chat is
@@ -219,7 +203,7 @@ class BotPace:
             future = entry[2]
             if future.done():
                 continue
-            taken, wait = await self._reserve(entry[3], entry[0])
+            taken, wait = await self.reserve(entry[3], entry[0])
             if not taken:
                 self._aside.add(entry)
                 loop.call_later(wait, self._back, entry)

@@ -479,7 +479,7 @@ class WeChatChannel:
         lang = self._lang(openid)
         for incoming in incomings:
             result = await self.rt.dispatcher.handle(incoming)
-            payloads, lang = result.payloads, result.lang
+            payloads, lang = list(result.messages), result.lang
         self._remember_lang(openid, lang)
         return payloads, lang
 

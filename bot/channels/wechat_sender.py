@@ -189,6 +189,12 @@ class CustomerServiceSender:
                 .order_by(col(WeChatCsSend.sent_at)))).all()
         return deque(moment for moment in (aware(m) for m in moments) if moment is not None)
 
+    async def _send_template(self, openid: str, text: str) -> None:
+        """The configured template message, its one line from `text`, stamped with the time in Beijing."""
+        when = utcnow().astimezone(TZ).strftime("%Y-%m-%d %H:%M")
+        await self.api.send_template(openid, self.template_id, template_data(
+            text, self.caps.template_fields, when, self.template_max_chars), self.template_url)
+
     async def _record_send(self, user_id: int) -> None:
         async with self.rt.db.session() as session:
             session.add(WeChatCsSend(user_id=user_id, sent_at=utcnow()))
@@ -279,9 +285,7 @@ class CustomerServiceSender:
             return "lost"
         try:
             if template:
-                when = utcnow().astimezone(TZ).strftime("%Y-%m-%d %H:%M")
-                await self.api.send_template(user.address, self.template_id, template_data(
-                    unit.text, self.caps.template_fields, when, self.template_max_chars), self.template_url)
+                await self._send_template(user.address, unit.text)
             else:
                 # Pages of one unit go together; a failure part-way resends the unit (at least once).
                 for page in unit.pages or [unit.text]:
@@ -399,11 +403,8 @@ class WeChatBroadcast:
                     return Outcome("sent")
             if sender.template_id:
                 await pace(self.budget, "wechat:broadcast", self.rate)
-                when = utcnow().astimezone(TZ).strftime("%Y-%m-%d %H:%M")
                 try:
-                    await sender.api.send_template(openid, sender.template_id, template_data(
-                        delivery.text, sender.caps.template_fields, when, sender.template_max_chars),
-                        sender.template_url)
+                    await sender._send_template(openid, delivery.text)
                 except WeChatApiError as exc:
                     outcome = self._refused(exc, user_id, template=True)
                     if outcome is not None:

@@ -18,3 +18,7 @@ async def test_a_new_followers_first_words_are_greeted_and_answered(wx_factory: 
     answer = await wx.user("oOldFollower002").say("你好呀")
     assert "号清" in answer.text and "1. 查询号码绑定" in answer.text, answer.text
     assert "没看懂" not in answer.text, answer.text
+
+    # A bare number is not a pick from a menu they have not seen yet.
+    answer = await wx.user("oOldFollower003").say("1")
+    assert "1. 查询号码绑定" in answer.text and "同意并继续" not in answer.text, answer.text
