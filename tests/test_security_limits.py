@@ -229,6 +229,30 @@ async def test_proof_of_work_past_a_few_codes(tmp_path: Path, http: aiohttp.Clie
         await server.stop()
 
 
+async def test_a_burst_of_concurrent_numbers_cannot_slip_past_the_proof_of_work(tmp_path: Path,
+                                                                               http: aiohttp.ClientSession) -> None:
+    """Six sessions from one address type a number at the same moment. Each message takes its place in the
+    client's count before the gate looks, so two (OTP_POW_AFTER) pass and four are asked for a proof of work:
+    a gate that only looked at the codes sent so far let the whole burst through before any code was counted."""
+    server = await start_server(make_settings(tmp_path, otp_resend_seconds=0, otp_pow_after=2, pow_bits=8))
+    try:
+        phones = await fresh_numbers(http, server.url, 6)
+        chats = [await Chat(http, server.url).open() for _ in phones]
+        for chat in chats:
+            await chat.to_phone_prompt()
+
+        async def type_number(chat: Chat, phone: str) -> int:
+            async with http.post(chat.url, json={"id": "burst", "text": phone}) as r:
+                await r.read()
+                return r.status
+
+        statuses = await asyncio.gather(*(type_number(c, p) for c, p in zip(chats, phones, strict=True)))
+        assert sorted(statuses) == [200, 200, 429, 429, 429, 429]
+        assert sum(sms_count(server, p) for p in phones) == 2
+    finally:
+        await server.stop()
+
+
 async def test_counters_are_keyed_hashes_that_expire(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'c.sqlite3'}")
     await db.create_all()

@@ -183,11 +183,12 @@ def _sends_code(event: Event) -> bool:
 
 async def _needs_pow(request: web.Request, rt: Runtime, client: str, event: Event, body: dict[str, Any],
                      lang: str) -> web.Response | None:
-    """Past OTP_POW_AFTER codes in an hour, a message that may send another needs a solved proof of work."""
+    """Past OTP_POW_AFTER messages in an hour that may send a code, each further one needs a solved proof of
+    work. Every such message takes its place in the count first, so concurrent ones cannot all slip through."""
     if not _sends_code(event):
         return None
     now = utcnow()
-    if await rt.otp.sent_recently(client, now) < rt.settings.otp_pow_after:
+    if await rt.otp.gate_place(client, now) <= rt.settings.otp_pow_after:
         return None
     solved = body.get("pow")
     key = rt.vault.session_key
