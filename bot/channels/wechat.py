@@ -141,7 +141,9 @@ class WeChatChannel:
                              timeout=settings.wechat_api_timeout)
         # Raises ConfigurationError for settings that cannot work together, so the server does not start.
         self.caps = Capabilities.declared(settings)
-        self.sender = CustomerServiceSender(rt, self.api, self.caps)
+        self.sender = CustomerServiceSender(settings=settings, db=rt.db, repository=rt.repository, catalog=rt.catalog,
+                                            no_push_channels=rt.dispatcher.no_push_channels, api=self.api,
+                                            caps=self.caps)
         if not self.caps.customer_service:
             rt.dispatcher.no_push_channels.add(CHANNEL)
         self.registry_budget = min(settings.wechat_registry_timeout, settings.registry_timeout)

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
 
@@ -47,9 +47,14 @@ from bot.channels.wechat_text import (
 )
 from bot.repository import Queued, Recipient
 from bot.repository import aware as aware  # also bot/broadcasts.py's, from here
-from bot.runtime import Runtime
 from bot.storage import WeChatCsSend, utcnow
 from domain.beijing import TZ
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.i18n import Catalog
+    from bot.repository import Repository
+    from bot.storage import Database
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +93,15 @@ class _Unit:
 
 
 class CustomerServiceSender:
-    def __init__(self, rt: Runtime, api: WeChatApi, caps: Capabilities | None = None) -> None:
-        self.rt = rt
+    def __init__(self, *, settings: Settings, db: Database, repository: Repository, catalog: Catalog,
+                 no_push_channels: set[str], api: WeChatApi, caps: Capabilities | None = None) -> None:
+        """What it uses and nothing else: `db` for its protocol records and the user's send lock, `catalog` for
+        its own words, `no_push_channels` (the dispatcher's) to tell the dialog when customer service is refused."""
+        self.db, self.catalog, self.no_push_channels = db, catalog, no_push_channels
         # The outbox, the inbox's window openings and the user rows (bot/repository.py); this module keeps only
         # its protocol records (`wechat_cs_sends`, the window counts).
-        self.outbox = rt.repository
+        self.outbox = repository
         self.api = api
-        settings = rt.settings
         self.caps = caps or Capabilities.declared(settings)
         self.poll_seconds = settings.wechat_sender_poll_seconds
         self.template_id = settings.wechat_template_id if self.caps.templates else ""
@@ -177,12 +184,12 @@ class CustomerServiceSender:
     async def _deliver(self, user_id: int, rows: list[Queued]) -> int:
         # One worker at a time counts and spends this user's window, so N workers never send more than WeChat
         # allows (its own lock space: a user's steps are not held up by a push going out).
-        async with self.rt.db.user_lock(user_id, space=CS_LOCK_SPACE):
+        async with self.db.user_lock(user_id, space=CS_LOCK_SPACE):
             return await self._deliver_locked(user_id, rows)
 
     async def _recent_sends(self, user_id: int, now: datetime) -> deque[datetime]:
         """This user's customer-service sends within the longest window, from every worker, oldest first."""
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             moments = (await session.exec(
                 select(WeChatCsSend.sent_at).where(WeChatCsSend.user_id == user_id,
                                                    col(WeChatCsSend.sent_at) > now - MESSAGE_WINDOW[0])
@@ -196,7 +203,7 @@ class CustomerServiceSender:
             text, self.caps.template_fields, when, self.template_max_chars), self.template_url)
 
     async def _record_send(self, user_id: int) -> None:
-        async with self.rt.db.session() as session:
+        async with self.db.session() as session:
             session.add(WeChatCsSend(user_id=user_id, sent_at=utcnow()))
             await session.commit()
 
@@ -255,8 +262,8 @@ class CustomerServiceSender:
         return await self.outbox.last_inbound(CHANNEL, user_id, ("m:", "c:"))
 
     def _units(self, rows: list[Queued], lang: str) -> list[_Unit]:
-        hint = text_of(self.rt.catalog, "wechat.choose_hint", lang)
-        marker = text_of(self.rt.catalog, "wechat.truncated", lang)
+        hint = text_of(self.catalog, "wechat.choose_hint", lang)
+        marker = text_of(self.catalog, "wechat.truncated", lang)
         groups: list[list[Queued]] = []
         for row in rows:
             if groups and row.kind == "reply" and row.inbox_id is not None and groups[-1][-1].inbox_id == row.inbox_id:
@@ -329,7 +336,7 @@ class CustomerServiceSender:
             self.template_id = ""
         else:
             self.caps.customer_service = False
-            self.rt.dispatcher.no_push_channels.add(CHANNEL)
+            self.no_push_channels.add(CHANNEL)
         if exc.errcode not in self.reported:
             self.reported.add(exc.errcode)
             log.critical("wechat configuration error: %s", exc.config_hint,
@@ -386,7 +393,7 @@ class WeChatBroadcast:
 
         sender = self.sender
         user_id, openid = delivery.user_id, delivery.address
-        async with sender.rt.db.user_lock(user_id, space=CS_LOCK_SPACE):
+        async with sender.db.user_lock(user_id, space=CS_LOCK_SPACE):
             if await sender._allowance(user_id) > 0:
                 await pace(self.budget, "wechat:broadcast", self.rate)
                 try:
