@@ -81,11 +81,15 @@ _SELECT_USER = "SELECT id, lang, active FROM users WHERE channel = :channel AND 
 _INSERT_USER = (
     "INSERT INTO users (channel, external_id, external_enc, lang, active, reminders_on, created_at, last_seen_at, "
     "next_seq) VALUES (:channel, :external_id, :external_enc, :lang, :true, :true, :now, :now, 1) "
-    "ON CONFLICT DO NOTHING"
+    "ON CONFLICT DO NOTHING RETURNING id, lang, active"
 )
+# The inbox row and the conversation the step starts from, in one statement: a hot path pays per statement.
 _INSERT_INBOX = (
     "INSERT INTO inbox (channel, dedupe_key, user_id, status, received_at) "
-    "VALUES (:channel, :key, :user_id, 'received', :now) ON CONFLICT DO NOTHING RETURNING id"
+    "VALUES (:channel, :key, :user_id, 'received', :now) ON CONFLICT DO NOTHING RETURNING id, "
+    "(SELECT state FROM conversations WHERE user_id = :user_id), "
+    "(SELECT data FROM conversations WHERE user_id = :user_id), "
+    "(SELECT version FROM conversations WHERE user_id = :user_id)"
 )
 _SELECT_INBOX = "SELECT id, user_id, status, response FROM inbox WHERE channel = :channel AND dedupe_key = :key"
 _SELECT_CONV = "SELECT state, data, version FROM conversations WHERE user_id = :user_id"
@@ -136,8 +140,9 @@ def _resolve_user(tx: _Tx, channel: str, external_id: str, lang: str, create: bo
     params = {"channel": channel, "external_id": external_id}
     row = tx.one(_SELECT_USER, params)
     if row is None and create:
-        tx.run(_INSERT_USER, {**params, "external_enc": sealed, "lang": lang, "true": True, "now": now})
-        row = tx.one(_SELECT_USER, params)
+        row = tx.one(_INSERT_USER, {**params, "external_enc": sealed, "lang": lang, "true": True, "now": now})
+        if row is None:  # created meanwhile by another connection
+            row = tx.one(_SELECT_USER, params)
     return None if row is None else UserRef(int(row[0]), str(row[1]), bool(row[2]))
 
 
@@ -146,19 +151,15 @@ def _begin(tx: _Tx, user_id: int, channel: str, key: str | None, now: Any, lang:
     if key is not None:
         inserted = tx.one(_INSERT_INBOX, {"channel": channel, "key": key, "user_id": user_id, "now": now})
         if inserted is not None:
-            inbox_id = int(inserted[0])
-        else:
-            existing = tx.one(_SELECT_INBOX, {"channel": channel, "key": key})
-            assert existing is not None
-            if int(existing[1]) == user_id:
-                inbox_id = int(existing[0])
-                if existing[2] == "done":
-                    return Begin(inbox_id, json.loads(existing[3] or "[]"), "", "", None)
-            # Another user's delivery id: never replay their answer, and process this one undeduplicated.
-    conv = tx.one(_SELECT_CONV, {"user_id": user_id})
-    if conv is None:
-        return Begin(inbox_id, None, "", json.dumps({"lang": lang}), None)
-    return Begin(inbox_id, None, str(conv[0]), str(conv[1]), int(conv[2]))
+            return _begun(int(inserted[0]), None if inserted[3] is None else inserted[1:], lang)
+        existing = tx.one(_SELECT_INBOX, {"channel": channel, "key": key})
+        assert existing is not None
+        if int(existing[1]) == user_id:
+            inbox_id = int(existing[0])
+            if existing[2] == "done":
+                return Begin(inbox_id, json.loads(existing[3] or "[]"), "", "", None)
+        # Another user's delivery id: never replay their answer, and process this one undeduplicated.
+    return _begun(inbox_id, tx.one(_SELECT_CONV, {"user_id": user_id}), lang)
 
 
 def _commit(tx: _Tx, user_id: int, version: int | None, state: str, data: str, payloads: list[dict[str, Any]],
@@ -203,7 +204,8 @@ class _Work:
 
 
 class SqliteStepStore:
-    """One thread, one connection, group commit: queued units run in one transaction, each in a savepoint."""
+    """One thread, one connection, group commit: queued units run in one transaction (bare, and again with a
+    savepoint each only when one of them fails), and their outcomes reach the event loop in one wake-up."""
 
     MAX_BATCH = 256
 
@@ -212,6 +214,9 @@ class SqliteStepStore:
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="sqlite-step-store", daemon=True)
         self._ready = threading.Event()
+        # Outcomes settled by the writer thread, per event loop, not yet handed to it (see _run_batch).
+        self._settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        self._settled_lock = threading.Lock()
         self._thread.start()
         self._ready.wait()
 
@@ -239,28 +244,73 @@ class SqliteStepStore:
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, tx: _SqliteTx, batch: list[_Work]) -> None:
-        results: list[tuple[_Work, bool, Any]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE" if any(w.write for w in batch) else "BEGIN")
-            for work in batch:
-                conn.execute("SAVEPOINT unit")
-                try:
-                    value = work.fn(tx)
-                except Exception as exc:  # one unit's failure must not undo its neighbours
-                    conn.execute("ROLLBACK TO unit")
-                    conn.execute("RELEASE unit")
-                    results.append((work, False, exc))
-                else:
-                    conn.execute("RELEASE unit")
-                    results.append((work, True, value))
-            conn.execute("COMMIT")
+            # Most batches have no failing unit: run them bare, and only when one raises roll back and run the batch
+            # again with a savepoint per unit, so that one unit's failure does not undo its neighbours. A unit is a
+            # function of the database alone (its inputs are fixed when it is queued), so running it twice is safe.
+            results = self._attempt(conn, tx, batch, savepoints=False)
+            if results is None:
+                results = self._attempt(conn, tx, batch, savepoints=True)
         except Exception as exc:
             log.exception("sqlite step store batch failed")
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             results = [(work, False, exc) for work in batch]
-        for work, ok, value in results:
-            work.loop.call_soon_threadsafe(_settle, work.future, ok, value)
+        assert results is not None
+        # At most one wake-up of a loop outstanding: each call_soon_threadsafe writes to the loop's self-pipe (a
+        # system call, and a wake of the loop's thread), so outcomes wait in `_settled` for the wake-up already
+        # on its way, if there is one, rather than each unit or batch sending its own.
+        wake: list[asyncio.AbstractEventLoop] = []
+        with self._settled_lock:
+            for work, ok, value in results:
+                waiting = self._settled.get(work.loop)
+                if waiting is None:
+                    waiting = self._settled[work.loop] = []
+                    wake.append(work.loop)
+                waiting.append((work.future, ok, value))
+        for loop in wake:
+            try:
+                loop.call_soon_threadsafe(self._deliver, loop)
+            except RuntimeError:  # that loop has closed: nobody is left to wait for these outcomes
+                with self._settled_lock:
+                    self._settled.pop(loop, None)
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On `loop`: settles every outcome that arrived for it since its wake-up was sent."""
+        with self._settled_lock:
+            outcomes = self._settled.pop(loop, [])
+        for future, ok, value in outcomes:
+            _settle(future, ok, value)
+
+    @staticmethod
+    def _attempt(conn: sqlite3.Connection, tx: _SqliteTx, batch: list[_Work],
+                 savepoints: bool) -> list[tuple[_Work, bool, Any]] | None:
+        """Runs `batch` in one transaction. Bare (no savepoints), a unit's exception rolls everything back and
+        None comes back; with savepoints, the failing unit alone is undone and its exception is its result."""
+        results: list[tuple[_Work, bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE" if any(w.write for w in batch) else "BEGIN")
+        for work in batch:
+            if not savepoints:
+                try:
+                    value = work.fn(tx)
+                except Exception:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    return None
+                results.append((work, True, value))
+                continue
+            conn.execute("SAVEPOINT unit")
+            try:
+                value = work.fn(tx)
+            except Exception as exc:  # one unit's failure must not undo its neighbours
+                conn.execute("ROLLBACK TO unit")
+                conn.execute("RELEASE unit")
+                results.append((work, False, exc))
+            else:
+                conn.execute("RELEASE unit")
+                results.append((work, True, value))
+        conn.execute("COMMIT")
+        return results
 
     async def _submit(self, fn: Callable[[_SqliteTx], T], write: bool = True) -> T:
         loop = asyncio.get_running_loop()
@@ -295,13 +345,23 @@ class SqliteStepStore:
                                  write=False)
         return None if row is None else (int(row[0]), _moment(row[1]))
 
-    @asynccontextmanager
-    async def user_lock(self, user_id: int, space: int = 0) -> AsyncIterator[None]:
-        yield  # one process on SQLite: the in-process KeyedLocks are the whole story
+    def user_lock(self, user_id: int, space: int = 0) -> AbstractAsyncContextManager[None]:
+        return _NO_LOCK  # one process on SQLite: the in-process KeyedLocks are the whole story
 
     async def close(self) -> None:
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join, 10)
+
+
+class _NoLock:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

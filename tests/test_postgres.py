@@ -16,6 +16,7 @@ import pytest
 
 from bot.server import RunningServer, start_server
 from tests.conftest import IN_CI, Chat, make_settings
+from tests.test_step_store import keeps_the_step_contract
 
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -118,9 +119,7 @@ async def test_the_asyncpg_step_store_keeps_the_step_contract(pg_url: str) -> No
     """The PostgreSQL step store (one statement per operation): a delivery seen before gets its first answer, a
     stale version changes nothing, another user's delivery id is never replayed to them, numbers stay dense, and
     its advisory lock excludes the ORM's for the same user."""
-    import json
-
-    from bot.step_store import AsyncpgStepStore, ConflictError, step_store_for
+    from bot.step_store import AsyncpgStepStore, step_store_for
     from bot.storage import Database
 
     db = Database(pg_url)
@@ -128,46 +127,13 @@ async def test_the_asyncpg_step_store_keeps_the_step_contract(pg_url: str) -> No
     store = step_store_for(db)
     assert isinstance(store, AsyncpgStepStore)
     try:
-        alice = await store.resolve_user("web", "alice-ref", "zh_CN", True)
-        bob = await store.resolve_user("web", "bob-ref", "en", True)
-        assert alice is not None and bob is not None and alice.id != bob.id
-        assert await store.resolve_user("web", "alice-ref", "en", True) == alice
-        assert await store.resolve_user("web", "nobody", "en", False) is None
-
-        first = await store.begin(alice.id, "web", "k1", alice.lang)
-        assert first.answer is None and first.version is None and json.loads(first.data) == {"lang": "zh_CN"}
-        payloads = [{"text": "你好", "choices": []}, {"text": "菜单", "choices": [{"id": "a", "label": "甲"}]}]
-        await store.commit(alice.id, None, "menu", '{"lang": "zh_CN"}', payloads, first.inbox_id, "web", "zh_CN",
-                           True)
-        assert [p["seq"] for p in payloads] == [1, 2]
-        again = await store.begin(alice.id, "web", "k1", alice.lang)
-        assert again.answer == payloads, "a delivery seen before gets its first answer, numbers included"
-        stored = await store.messages_after(alice.id, 0, 10)
-        assert [json.loads(row) for row in stored] == payloads
-
-        # A stale version: nothing of the step is kept, and the inbox row stays unanswered.
-        second = await store.begin(alice.id, "web", "k2", alice.lang)
-        assert second.version == 1 and second.state == "menu"
-        with pytest.raises(ConflictError):
-            await store.commit(alice.id, 0, "other", "{}", [{"text": "x", "choices": []}], second.inbox_id, "web",
-                               None, True)
-        assert len(await store.messages_after(alice.id, 0, 10)) == 2
-        await store.commit(alice.id, 1, "settings", "{}", [{"text": "y", "choices": []}], second.inbox_id, "web",
-                           None, False)
-        assert (await store.begin(alice.id, "web", "k2", alice.lang)).answer == [
-            {"seq": 3, "text": "y", "choices": []}]
-
-        # Bob sends a delivery id Alice used: processed for him, never answered with hers.
-        theirs = await store.begin(bob.id, "web", "k1", bob.lang)
-        assert theirs.answer is None and theirs.inbox_id is None and theirs.version is None
-        seen = await store.last_seen("web", "alice-ref")
-        assert seen is not None and seen[0] == alice.id
+        alice_id = await keeps_the_step_contract(store)
 
         # The store's advisory lock and the ORM's are the same lock.
         order: list[str] = []
 
         async def orm_holder() -> None:
-            async with db.user_lock(alice.id):
+            async with db.user_lock(alice_id):
                 order.append("orm in")
                 await asyncio.sleep(0.3)
                 order.append("orm out")
@@ -175,10 +141,26 @@ async def test_the_asyncpg_step_store_keeps_the_step_contract(pg_url: str) -> No
         holder = asyncio.create_task(orm_holder())
         while not order:
             await asyncio.sleep(0.01)
-        async with store.user_lock(alice.id):
+        async with store.user_lock(alice_id):
             order.append("store in")
         await holder
         assert order == ["orm in", "orm out", "store in"]
+    finally:
+        await store.close()
+        await db.close()
+
+
+async def test_the_sqlalchemy_step_store_keeps_the_step_contract_on_postgres(pg_url: str) -> None:
+    """The store for drivers other than asyncpg runs the shared SQL (bot/step_store.py's `_begin`, `_commit`)
+    through SQLAlchemy: the same contract holds on PostgreSQL."""
+    from bot.step_store import SqlAlchemyStepStore
+    from bot.storage import Database
+
+    db = Database(pg_url)
+    await db.create_all()
+    store = SqlAlchemyStepStore(db)
+    try:
+        await keeps_the_step_contract(store)
     finally:
         await store.close()
         await db.close()

@@ -1,0 +1,136 @@
+"""The hot path's storage (bot/step_store.py), below the dispatcher: the step contract every store keeps, and the
+SQLite store's group commit, where units queued together share one transaction and one wake-up of the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from bot.step_store import ConflictError, SqliteStepStore, StepStore, step_store_for
+from bot.storage import Database
+
+
+async def keeps_the_step_contract(store: StepStore) -> int:
+    """A delivery seen before gets its first answer, a stale version changes nothing, another user's delivery id
+    is never replayed to them, and numbers stay dense. Returns the first user's id."""
+    alice = await store.resolve_user("web", "alice-ref", "zh_CN", True)
+    bob = await store.resolve_user("web", "bob-ref", "en", True)
+    assert alice is not None and bob is not None and alice.id != bob.id
+    assert await store.resolve_user("web", "alice-ref", "en", True) == alice
+    assert await store.resolve_user("web", "nobody", "en", False) is None
+
+    first = await store.begin(alice.id, "web", "k1", alice.lang)
+    assert first.answer is None and first.version is None and json.loads(first.data) == {"lang": "zh_CN"}
+    payloads = [{"text": "你好", "choices": []}, {"text": "菜单", "choices": [{"id": "a", "label": "甲"}]}]
+    await store.commit(alice.id, None, "menu", '{"lang": "zh_CN"}', payloads, first.inbox_id, "web", "zh_CN", True)
+    assert [p["seq"] for p in payloads] == [1, 2]
+    again = await store.begin(alice.id, "web", "k1", alice.lang)
+    assert again.answer == payloads, "a delivery seen before gets its first answer, numbers included"
+    stored = await store.messages_after(alice.id, 0, 10)
+    assert [json.loads(row) for row in stored] == payloads
+
+    # A stale version: nothing of the step is kept, and the inbox row stays unanswered.
+    second = await store.begin(alice.id, "web", "k2", alice.lang)
+    assert second.version == 1 and second.state == "menu" and json.loads(second.data) == {"lang": "zh_CN"}
+    with pytest.raises(ConflictError):
+        await store.commit(alice.id, 0, "other", "{}", [{"text": "x", "choices": []}], second.inbox_id, "web",
+                           None, True)
+    assert len(await store.messages_after(alice.id, 0, 10)) == 2
+    await store.commit(alice.id, 1, "settings", "{}", [{"text": "y", "choices": []}], second.inbox_id, "web",
+                       None, False)
+    assert (await store.begin(alice.id, "web", "k2", alice.lang)).answer == [{"seq": 3, "text": "y", "choices": []}]
+    third = await store.begin(alice.id, "web", "k3", alice.lang)
+    assert third.answer is None and (third.state, third.version) == ("settings", 2)
+
+    # Bob sends a delivery id Alice used: processed for him, never answered with hers.
+    theirs = await store.begin(bob.id, "web", "k1", bob.lang)
+    assert theirs.answer is None and theirs.inbox_id is None and theirs.version is None
+    seen = await store.last_seen("web", "alice-ref")
+    assert seen is not None and seen[0] == alice.id
+    return alice.id
+
+
+async def test_the_sqlite_step_store_keeps_the_step_contract(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'steps.db'}")
+    await db.create_all()
+    store = step_store_for(db)
+    assert isinstance(store, SqliteStepStore)
+    try:
+        await keeps_the_step_contract(store)
+    finally:
+        await store.close()
+        await db.close()
+
+
+async def test_a_failing_unit_leaves_its_batch_neighbours_committed(tmp_path: Path) -> None:
+    """Units queued together run in one transaction, bare; when one raises, the batch runs again with a savepoint
+    per unit, so only the failing unit is undone and its neighbours' rows (and answers) stand."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'steps.db'}")
+    await db.create_all()
+    store = step_store_for(db)
+    assert isinstance(store, SqliteStepStore)
+    try:
+        users = [await store.resolve_user("web", f"u{i}", "en", True) for i in range(3)]
+        assert all(u is not None for u in users)
+        begins = [await store.begin(u.id, "web", f"d{u.id}", "en") for u in users if u is not None]
+        # Hold the writer thread on a unit of its own, so the three commits below queue up as one batch.
+        release = threading.Event()
+        holding = asyncio.ensure_future(store._submit(lambda tx: release.wait(10)))
+        commits = [asyncio.ensure_future(store.commit(
+            b_user.id, 0 if i == 1 else b.version, "menu", "{}", [{"text": f"hi {i}", "choices": []}], b.inbox_id,
+            "web", None, True)) for i, (b_user, b) in enumerate(zip(users, begins, strict=True)) if b_user is not None]
+        while store._queue.qsize() < 3:
+            await asyncio.sleep(0)
+        release.set()
+        await holding
+        outcomes = await asyncio.gather(*commits, return_exceptions=True)
+        assert outcomes[0] is None and outcomes[2] is None
+        assert isinstance(outcomes[1], ConflictError), "the stale version is refused"
+        answered = [await store.begin(b_user.id, "web", f"d{b_user.id}", "en") for b_user in users if b_user]
+        assert [a.answer for a in answered] == [[{"seq": 1, "text": "hi 0", "choices": []}], None,
+                                                [{"seq": 1, "text": "hi 2", "choices": []}]]
+        assert answered[1].version is None, "nothing of the refused unit was kept"
+    finally:
+        await store.close()
+        await db.close()
+
+
+async def test_keyed_locks_serialise_one_key_and_leave_nothing_behind() -> None:
+    """The dispatcher's per-user lock: holders of one key take turns in arrival order, and no entry outlives its
+    last holder, whether it left normally or was cancelled while waiting or holding."""
+    from bot.locks import KeyedLocks
+
+    locks = KeyedLocks()
+    order: list[tuple[str, int]] = []
+    gate = asyncio.Event()
+
+    async def holder(n: int, wait: bool) -> None:
+        async with locks.hold(1):
+            order.append(("in", n))
+            if wait:
+                await gate.wait()
+            order.append(("out", n))
+
+    first = asyncio.create_task(holder(1, True))
+    others = [asyncio.create_task(holder(n, False)) for n in (2, 3)]
+    await asyncio.sleep(0)
+    assert order == [("in", 1)] and len(locks) == 1
+    gate.set()
+    await asyncio.gather(first, *others)
+    assert order == [("in", 1), ("out", 1), ("in", 2), ("out", 2), ("in", 3), ("out", 3)]
+    assert len(locks) == 0
+
+    gate.clear()
+    held = asyncio.create_task(holder(4, True))
+    waiting = asyncio.create_task(holder(5, False))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert len(locks) == 1, "the cancelled waiter left; the holder's entry stays"
+    held.cancel()
+    await asyncio.gather(held, return_exceptions=True)
+    assert len(locks) == 0
