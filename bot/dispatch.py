@@ -181,6 +181,7 @@ class Dispatcher:
         self.no_push_channels: set[str] = set()
         # Typed intent: phrase lists from both catalogs, so a user can type either language in either setting.
         self.intents = IntentModel.from_catalog(catalog.messages)
+        self._counters: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def stored_id(self, channel: str, external_id: str) -> str:
         """How `users.external_id` holds this identity (a keyed hash for Telegram and WeChat ids)."""
@@ -219,8 +220,14 @@ class Dispatcher:
                 outcome = "step"
                 return result
         finally:
-            metrics.UPDATES.labels(incoming.channel, outcome).inc()
-            metrics.STEP_SECONDS.labels(incoming.channel).observe(time.perf_counter() - started)
+            # The labelled children, looked up once: `labels()` costs more than the count itself, on every step.
+            key = (incoming.channel, outcome)
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = (metrics.UPDATES.labels(*key),
+                                                 metrics.STEP_SECONDS.labels(incoming.channel))
+            counter[0].inc()
+            counter[1].observe(time.perf_counter() - started)
 
     @staticmethod
     def _replayed(user: UserRef, answer: list[dict[str, Any]]) -> StepResult:

@@ -363,10 +363,7 @@ class TelegramChannel:
 
     async def _answer(self, callback_id: str, text: str | None, inline: bool) -> dict[str, Any] | None:
         if inline:
-            method: dict[str, Any] = {"method": "answerCallbackQuery", "callback_query_id": callback_id}
-            if text:
-                method["text"] = text
-            return method
+            return _inline_answer(callback_id, text)
         await self.sender.answer_callback(callback_id, text)
         return None
 
@@ -392,12 +389,18 @@ class TelegramChannel:
         event = p.event
         cq = p.press
         lang: str | None = None
+        # A webhook call answers the button in its response (no task, no API call); polling answers it now, in a
+        # task, so the spinner stops while the step (maybe a registry round trip) runs.
+        method: dict[str, Any] | None = None
         if cq is not None and cq.data and (cq.data == NOOP or cq.data.startswith(MONTH_PREFIX)):
             return await self._calendar_move(cq, p, inline)
         if cq is not None and cq.data and cq.data.startswith(DATE_PREFIX):
             # A day picked on the plan's calendar is the date typed; the dialog validates it like any text.
             event = Event("text", text=cq.data[len(DATE_PREFIX):])
-            answer = asyncio.create_task(self._answer(cq.id, None, inline))
+            if inline:
+                method = _inline_answer(cq.id, None)
+            else:
+                answer = asyncio.create_task(self._answer(cq.id, None, inline))
             cq = None
         if cq is not None:
             choice, lang = await self._resolve_callback(p.chat_id, cq.data)
@@ -407,15 +410,18 @@ class TelegramChannel:
                 event = Event("text", text="/menu")
             else:
                 event = Event("choice", choice=choice)
-            # Polling: the spinner stops now, while the step (maybe a registry round trip) runs.
-            answer = asyncio.create_task(self._answer(
-                cq.id, say(self.rt.catalog, "tg.menu_expired", lang) if expired and lang else None, inline))
+            notice = say(self.rt.catalog, "tg.menu_expired", lang) if expired and lang else None
+            if inline:
+                method = _inline_answer(cq.id, notice)
+            else:
+                answer = asyncio.create_task(self._answer(cq.id, notice, inline))
         assert event is not None
         incoming = Incoming(CHANNEL, str(p.chat_id), event, dedupe_key=str(p.update_id), lang_hint=p.lang_hint)
         try:
             result = await self._handle_with_retry(incoming)
         finally:
-            method = await answer if answer is not None else None
+            if answer is not None:
+                method = await answer
         self._remember_menu(p.chat_id, result.offered)
         # The conversation's language (the one picked with /language), not the client's: the calendar's
         # weekdays, the contact button and the notice below are our words in the user's language.
@@ -598,6 +604,14 @@ class TelegramChannel:
 
 
 TELEGRAM: web.AppKey[TelegramChannel] = web.AppKey("telegram", TelegramChannel)
+
+
+def _inline_answer(callback_id: str, text: str | None) -> dict[str, Any]:
+    """answerCallbackQuery as a webhook response's method: Telegram runs it when it reads the response."""
+    method: dict[str, Any] = {"method": "answerCallbackQuery", "callback_query_id": callback_id}
+    if text:
+        method["text"] = text
+    return method
 
 
 async def _read_body(request: web.Request) -> bytes | None:
