@@ -17,6 +17,10 @@ clock: the fake runs in its own process on this machine), so it counts queueing 
 Each server runs in its own process; the load generator and the fake run in two more. First, the send path
 alone: calls/s of PTB's Bot.send_message over our aiohttp transport and over PTB's default httpx one.
 
+All servers run side by side (idle while another is measured), and the closed-loop peak is taken in `--repeats`
+rounds that visit them in turn; the figures quoted are medians of the rounds, since on shared cores one run
+alone can be off by a fifth.
+
 Beside updates/s, each server's own CPU time per update over the closed loop (read from /proc): on shared
 cores the fairer figure, since other load on the machine moves throughput far more than CPU per update.
 
@@ -26,9 +30,9 @@ broadcasts: they measure the CPU cost of an update, and one chat never gets more
 `--flood-check` then runs ours under Telegram's real limits (about 30/s per bot, 1/s per chat after a burst)
 at an offered load above them, and checks every second of the fake's log: no 429, no violation.
 
-Usage: .venv/bin/python bench/telegram_webhook.py [--rates 250,500,1000,2000] [--seconds 5]
+Usage: .venv/bin/python bench/telegram_webhook.py [--rates 250,500,1000,2000] [--seconds 5] [--repeats 3]
        [--peers ours,ptb,aiogram,raw] [--aiogram-venv /tmp/haoqing-bench-aiogram] [--logging quiet|shipped]
-       [--flood-check [--flood-rate 60]]
+       [--flood-check [--flood-rate 60]] [--peers ours,base --base-tree /path/to/an/earlier/checkout]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -376,9 +381,13 @@ class Run:
             nonlocal done
             while time.monotonic() < stop_at:
                 chat = next(chats)
+                # Telegram's update ids are unique per bot: take both before the first await, or a concurrent
+                # user's increment lands in between and two chats' taps share one id (a dedupe collision
+                # Telegram never makes, which sent every such tap down the undeduplicated path).
                 self.update_id += 2
-                await self.post(menu_update(self.update_id, chat))
-                await self.post(click_update(self.update_id + 1, chat))
+                update_id = self.update_id
+                await self.post(menu_update(update_id, chat))
+                await self.post(click_update(update_id + 1, chat))
                 done += 2
 
         started = time.monotonic()
@@ -543,36 +552,53 @@ async def bench(args: argparse.Namespace) -> None:
                 transports = await transport_calls_per_second(api, min(args.seconds, 3.0))
                 print("send transport, PTB Bot.send_message, 64 in flight: " + ", ".join(
                     f"{name} {rate:.0f} calls/s" for name, rate in transports.items()), flush=True)
-            for n, peer in enumerate(peers):
-                python = aiogram_python(Path(args.aiogram_venv)) if peer == "aiogram" else sys.executable
-                port = free_port()
-                proc = await asyncio.create_subprocess_exec(
-                    python, str(Path(__file__).resolve()), "--serve", peer, "--port", str(port), "--api", api,
-                    cwd=ROOT if peer != "aiogram" else tempfile.gettempdir(), env=env,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    # Shipped logging is written (and paid for) in full, then discarded.
-                    stderr=asyncio.subprocess.DEVNULL if args.logging == "shipped" else None)
-                base = f"http://127.0.0.1:{port}"
-                try:
-                    await wait_ready(base + "/readyz", proc)
-                    run = Run(http, telegram, base + "/telegram/webhook", fake, first_chat=(n + 1) * 10**8)
-                    await run.open_loop(min(rates), 3.0)  # warm-up
-                    # The peak first: an overloaded open-loop point leaves a backlog behind in some servers.
-                    cpu_before = cpu_seconds(proc.pid)
-                    peak, updates = await run.closed_loop(args.workers, args.seconds)
-                    cpu = 1000 * (cpu_seconds(proc.pid) - cpu_before) / max(updates, 1)
-                    print(f"{peer:<8} closed loop peak {peak:>7.0f} updates/s, server CPU {cpu:.2f} ms/update",
-                          flush=True)
+            # Every server starts first and idles while another is measured; the closed-loop peak is then taken in
+            # `--repeats` rounds that visit the servers in turn, so a slow spell of the shared cores falls on all of
+            # them alike, and each figure is the median of its rounds.
+            procs: dict[str, asyncio.subprocess.Process] = {}
+            runs: dict[str, Run] = {}
+            try:
+                for n, peer in enumerate(peers):
+                    python = aiogram_python(Path(args.aiogram_venv)) if peer == "aiogram" else sys.executable
+                    port = free_port()
+                    # "base" is ours from another checkout (--base-tree), to measure a change against in one run.
+                    tree = Path(args.base_tree).resolve() if peer == "base" else ROOT
+                    procs[peer] = await asyncio.create_subprocess_exec(
+                        python, str(tree / "bench" / "telegram_webhook.py"), "--serve",
+                        "ours" if peer == "base" else peer, "--port", str(port), "--api", api,
+                        cwd=tempfile.gettempdir() if peer == "aiogram" else tree,
+                        env={**env, "PYTHONPATH": str(tree)},
+                        stdout=asyncio.subprocess.DEVNULL,
+                        # Shipped logging is written (and paid for) in full, then discarded.
+                        stderr=asyncio.subprocess.DEVNULL if args.logging == "shipped" else None)
+                    base = f"http://127.0.0.1:{port}"
+                    await wait_ready(base + "/readyz", procs[peer])
+                    runs[peer] = Run(http, telegram, base + "/telegram/webhook", fake, first_chat=(n + 1) * 10**8)
+                    await runs[peer].open_loop(min(rates), 3.0)  # warm-up
+                peaks: dict[str, list[tuple[float, float]]] = defaultdict(list)
+                for round_no in range(args.repeats):
+                    for peer in peers:
+                        # The peak first: an overloaded open-loop point leaves a backlog behind in some servers.
+                        cpu_before = cpu_seconds(procs[peer].pid)
+                        peak, updates = await runs[peer].closed_loop(args.workers, args.seconds)
+                        cpu = 1000 * (cpu_seconds(procs[peer].pid) - cpu_before) / max(updates, 1)
+                        peaks[peer].append((peak, cpu))
+                        print(f"{peer:<8} round {round_no + 1}: closed loop peak {peak:>7.0f} updates/s, "
+                              f"server CPU {cpu:.2f} ms/update", flush=True)
+                for peer in peers:
                     points = []
                     for rate in rates:
-                        point = await run.open_loop(rate, args.seconds)
+                        point = await runs[peer].open_loop(rate, args.seconds)
                         points.append(point)
                         print(f"{peer:<8} offered {rate:>5}/s  achieved {point['achieved']:>7.0f}/s  "
                               f"p50 {point['p50']:>8.1f} ms  p99 {point['p99']:>8.1f} ms  "
                               f"errors {point['errors']:.0f}", flush=True)
-                    results[peer] = (points, peak, cpu)
-                finally:
+                    results[peer] = (points, statistics.median(p for p, _ in peaks[peer]),
+                                     statistics.median(c for _, c in peaks[peer]))
+            finally:
+                for proc in procs.values():
                     proc.send_signal(signal.SIGTERM)
+                for proc in procs.values():
                     try:
                         await asyncio.wait_for(proc.wait(), 20)
                     except TimeoutError:
@@ -591,12 +617,13 @@ async def bench(args: argparse.Namespace) -> None:
     if not results:
         return
     print()
+    print(f"medians of {args.repeats} closed-loop rounds:")
     print(f"{'peer':<9}{'peak/s':>8}{'CPU ms/update':>15}" + "".join(f"{f'p99@{r}':>11}" for r in rates))
     for peer, (points, peak, cpu) in results.items():
         print(f"{peer:<9}{peak:>8.0f}{cpu:>15.2f}" + "".join(f"{p['p99']:>9.1f}ms" for p in points))
     if "ours" in results:
         ours, ours_cpu = results["ours"][1], results["ours"][2]
-        for peer in ("ptb", "aiogram", "raw"):
+        for peer in ("ptb", "aiogram", "raw", "base"):
             if peer in results:
                 print(f"ours / {peer}: {ours / results[peer][1]:.2f}x peak throughput, "
                       f"{results[peer][2] / ours_cpu:.2f}x updates per CPU second")
@@ -607,8 +634,11 @@ def main() -> None:
     parser.add_argument("--rates", default="250,500,1000,2000")
     parser.add_argument("--seconds", type=float, default=5.0, help="per offered load; at least 3")
     parser.add_argument("--workers", type=int, default=MAX_CONNECTIONS)
+    parser.add_argument("--repeats", type=int, default=3, help="closed-loop rounds per server; medians are quoted")
     parser.add_argument("--peers", default="ours,ptb,aiogram,raw")
     parser.add_argument("--aiogram-venv", default=str(Path(tempfile.gettempdir()) / "haoqing-bench-aiogram"))
+    parser.add_argument("--base-tree", default="",
+                        help='a checkout of an earlier commit: peer "base" runs ours from it, for an A/B in one run')
     parser.add_argument("--skip-transport", action="store_true", help="skip the aiohttp-vs-httpx send measure")
     parser.add_argument("--flood-check", action="store_true", help="then run ours under Telegram's real limits")
     parser.add_argument("--logging", choices=("quiet", "shipped"), default="quiet",
