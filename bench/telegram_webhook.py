@@ -7,6 +7,7 @@ peak, for our adapter and, in the same run against the same fake Bot API, three 
   aiogram  aiogram 3: Dispatcher with MemoryStorage FSM, SimpleEventIsolation, its AiohttpSession,
            updates fed with `await dp.feed_update(...)` (installed into a throwaway venv, never into .venv)
   raw      a bare aiohttp webhook that calls sendMessage with aiohttp: the harness's own ceiling
+  rawuv    the same on uvloop, the loop ours runs on as `make run` ships it (EVENT_LOOP): the ceiling on one loop
 
 The flow is two steps per user: `/menu` (reply: a menu with an inline keyboard), then one second later a tap
 on "settings" (answerCallbackQuery + reply: the settings menu). Every update gets exactly one sendMessage.
@@ -31,7 +32,7 @@ broadcasts: they measure the CPU cost of an update, and one chat never gets more
 at an offered load above them, and checks every second of the fake's log: no 429, no violation.
 
 Usage: .venv/bin/python bench/telegram_webhook.py [--rates 250,500,1000,2000] [--seconds 5] [--repeats 3]
-       [--peers ours,ptb,aiogram,raw] [--aiogram-venv /tmp/haoqing-bench-aiogram] [--logging quiet|shipped]
+       [--peers ours,ptb,aiogram,raw,rawuv] [--aiogram-venv /tmp/haoqing-bench-aiogram] [--logging quiet|shipped]
        [--flood-check [--flood-rate 60]] [--peers ours,base --base-tree /path/to/an/earlier/checkout]
 """
 
@@ -259,7 +260,7 @@ async def serve_raw(port: int, api: str) -> web.AppRunner:
     return runner
 
 
-SERVERS = {"ours": serve_ours, "ptb": serve_ptb, "aiogram": serve_aiogram, "raw": serve_raw}
+SERVERS = {"ours": serve_ours, "ptb": serve_ptb, "aiogram": serve_aiogram, "raw": serve_raw, "rawuv": serve_raw}
 
 
 async def serve(peer: str, port: int, api: str) -> None:
@@ -623,7 +624,7 @@ async def bench(args: argparse.Namespace) -> None:
         print(f"{peer:<9}{peak:>8.0f}{cpu:>15.2f}" + "".join(f"{p['p99']:>9.1f}ms" for p in points))
     if "ours" in results:
         ours, ours_cpu = results["ours"][1], results["ours"][2]
-        for peer in ("ptb", "aiogram", "raw", "base"):
+        for peer in ("ptb", "aiogram", "raw", "rawuv", "base"):
             if peer in results:
                 print(f"ours / {peer}: {ours / results[peer][1]:.2f}x peak throughput, "
                       f"{results[peer][2] / ours_cpu:.2f}x updates per CPU second")
@@ -635,7 +636,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per offered load; at least 3")
     parser.add_argument("--workers", type=int, default=MAX_CONNECTIONS)
     parser.add_argument("--repeats", type=int, default=3, help="closed-loop rounds per server; medians are quoted")
-    parser.add_argument("--peers", default="ours,ptb,aiogram,raw")
+    parser.add_argument("--peers", default="ours,ptb,aiogram,raw,rawuv")
     parser.add_argument("--aiogram-venv", default=str(Path(tempfile.gettempdir()) / "haoqing-bench-aiogram"))
     parser.add_argument("--base-tree", default="",
                         help='a checkout of an earlier commit: peer "base" runs ours from it, for an A/B in one run')
@@ -650,7 +651,19 @@ def main() -> None:
     args = parser.parse_args()
     args.seconds = max(args.seconds, 3.0)
     if args.serve:
-        asyncio.run(serve(args.serve, args.port, args.api))
+        factory = None
+        if args.serve == "ours":
+            # Ours runs on the loop `make run` ships (EVENT_LOOP, bot/loops.py); "rawuv" is the bare webhook on
+            # uvloop too, the ceiling to hold ours against on the same loop.
+            sys.path.insert(0, str(ROOT))
+            from bot.config import Settings
+            from bot.loops import loop_factory
+            factory = loop_factory(Settings(_env_file=None))  # type: ignore[call-arg]
+        elif args.serve == "rawuv":
+            import uvloop
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(args.serve, args.port, args.api))
     else:
         asyncio.run(bench(args))
 

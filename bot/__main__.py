@@ -89,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         from bot.workers import serve
 
         return serve(settings, args.workers)
+    from bot.loops import run_until_done
+
     try:
-        asyncio.run(_run(settings))
+        run_until_done(settings, _run(settings))
     except ConfigurationError as exc:
         # A setting that cannot work: say which, without a traceback, and fail the start.
         print(f"Haoqing cannot start: {exc}", file=sys.stderr)

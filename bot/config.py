@@ -143,6 +143,8 @@ class Settings(BaseSettings):
     http_body_timeout: float = Field(30.0, description="Seconds a request body may take to arrive.")
     max_connections_per_address: int = Field(64, description="Open connections allowed from one peer address.")
     log_level: str = Field("INFO", description="Python logging level.")
+    event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="The event loop the server runs on: "
+                                                     "uvloop (libuv's, faster), or asyncio's own.")
     log_file: str = Field("", description="Also write JSON logs to this file.")
 
     @property

@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.config import Settings
+from bot.loops import uses_uvloop
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def serve(settings: Settings, workers: int) -> int:
     options = {
         "bind": f"{settings.host}:{settings.port}",
         "workers": workers,
-        "worker_class": "aiohttp.GunicornWebWorker",
+        # The loop EVENT_LOOP names, as `run` uses (bot/loops.py).
+        "worker_class": "aiohttp.GunicornUVLoopWebWorker" if uses_uvloop(settings) else "aiohttp.GunicornWebWorker",
         "graceful_timeout": GRACEFUL_SECONDS,
         "timeout": 30,
         "keepalive": 5,
