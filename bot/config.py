@@ -126,8 +126,8 @@ class Settings(BaseSettings):
                                                  "X-Forwarded-For is believed; empty = none.")
     otp_global_per_minute: int = Field(100, description="Codes per minute for the whole bot, so a burst cannot "
                                                         "spend the daily budget.")
-    otp_pow_after: int = Field(3, description="Web chat: messages per client within an hour that may send a code "
-                                              "before each further one needs a proof of work.")
+    otp_pow_after: int = Field(3, description="Web chat: codes per client within an hour before each further "
+                                              "code needs a proof of work.")
     pow_bits: int = Field(18, description="Proof-of-work difficulty (leading zero bits of SHA-256).")
     realname_lock_hours: int = Field(24, description="How long the real-name lockout (per number and per ID "
                                                      "number) lasts.")

@@ -70,19 +70,13 @@ class OtpService:
             "user_daily_limit": Rule("otp.client", s.otp_per_user_daily, daily=True),
             "budget_minute": Rule("otp.all.minute", s.otp_global_per_minute, 60),
             "budget": Rule("otp.all", s.otp_global_daily, daily=True),
-            # Never refuses: a client's messages that may send a code, this hour, for the proof-of-work threshold.
-            "pow": Rule("otp.pow_gate", 1 << 30, 3600),
+            # Never refuses: counts a client's codes in the last hour for the proof-of-work threshold.
+            "pow": Rule("otp.client.hour", 1 << 30, 3600),
         }
 
-    async def gate_place(self, client: str, now: datetime) -> int:
-        """Counts one message from `client` that may send a code and returns its place in the hour's count (the
-        web chat asks for a proof of work past a few). A reservation, not a look at the codes sent so far: each of
-        a burst of concurrent messages takes its own place, so no more than the threshold get past the gate before
-        any of their codes is counted."""
-        rule = self.rules()["pow"]
-        place, _ends = await self.limits.counters.hit(f"{rule.name}:{self.limits.subject('client', client)}",
-                                                      rule.ends(now), now)
-        return place
+    async def sent_recently(self, client: str, now: datetime) -> int:
+        """Codes sent to `client` within the last hour (the web chat asks for a proof of work past a few)."""
+        return await self.limits.counters.peek(f"otp.client.hour:{self.limits.subject('client', client)}", now)
 
     async def _replayed(self, delivery_key: str) -> SendOutcome | None:
         if not delivery_key:
@@ -114,7 +108,7 @@ class OtpService:
         if refusal is None:
             refusal = await self.limits.take([
                 (rules["too_soon"], number), (rules["number_daily_limit"], number), (rules["user_daily_limit"], who),
-                (rules["budget_minute"], "all"), (rules["budget"], "all")], now)
+                (rules["budget_minute"], "all"), (rules["budget"], "all"), (rules["pow"], who)], now)
         if refusal is not None:
             reason = next(name for name, rule in rules.items() if rule.name == refusal.rule)
             if reason.startswith("budget"):

@@ -67,6 +67,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY,
                           middlewares=[error_middleware, guard.body_deadline(settings.http_body_timeout)])
     app[RUNTIME] = rt
+    app[chat.CODE_GATE] = chat.CodeGate()
     app.on_response_prepare.append(guard.security_headers)
 
     async def startup(_app: web.Application) -> None:

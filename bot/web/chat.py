@@ -33,6 +33,38 @@ log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 STATIC = Path(__file__).resolve().parent / "static"
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+
+
+class CodeGate:
+    """The proof-of-work gate's count of messages that may send a code and are still being handled, per client.
+
+    The gate adds them to the client's codes sent this hour: a code is counted only when it is sent, inside the
+    step, so a burst of concurrent messages would otherwise all pass while the count still read zero. The place
+    is taken before anything is awaited, so on one event loop no two of them can read the same count. Each worker
+    keeps its own: across W workers a burst can get up to W × OTP_POW_AFTER codes past the gate before they are
+    counted, and the per-client daily limit (otp.client, counted atomically at the send) still bounds it."""
+
+    def __init__(self) -> None:
+        self._in_flight: dict[str, int] = {}
+
+    def enter(self, client: str) -> int:
+        """Takes a place; returns how many of the client's messages were already in flight."""
+        ahead = self._in_flight.get(client, 0)
+        self._in_flight[client] = ahead + 1
+        return ahead
+
+    def leave(self, client: str) -> None:
+        left = self._in_flight.get(client, 1) - 1
+        if left > 0:
+            self._in_flight[client] = left
+        else:
+            self._in_flight.pop(client, None)
+
+    def __len__(self) -> int:
+        return len(self._in_flight)
+
+
+CODE_GATE: web.AppKey[CodeGate] = web.AppKey("code_gate", CodeGate)
 _SESSION_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 # Sequence numbers are per user and small; anything past this is not a position, just an attack on int().
 MAX_SEQ = 2**53
@@ -181,14 +213,12 @@ def _sends_code(event: Event) -> bool:
                                      or bool(phone_in(event.text[:2000])))
 
 
-async def _needs_pow(request: web.Request, rt: Runtime, client: str, event: Event, body: dict[str, Any],
+async def _needs_pow(rt: Runtime, client: str, ahead: int, body: dict[str, Any],
                      lang: str) -> web.Response | None:
-    """Past OTP_POW_AFTER messages in an hour that may send a code, each further one needs a solved proof of
-    work. Every such message takes its place in the count first, so concurrent ones cannot all slip through."""
-    if not _sends_code(event):
-        return None
+    """Past OTP_POW_AFTER codes in an hour, a message that may send another needs a solved proof of work. The
+    client's messages that may send one and are still being handled (`ahead`) count as codes already sent."""
     now = utcnow()
-    if await rt.otp.gate_place(client, now) <= rt.settings.otp_pow_after:
+    if await rt.otp.sent_recently(client, now) + ahead < rt.settings.otp_pow_after:
         return None
     solved = body.get("pow")
     key = rt.vault.session_key
@@ -226,15 +256,22 @@ async def post_message(request: web.Request) -> web.Response:
     else:
         return _error(rt, 400, "no_text", lang)
     client = client_of(request)
-    challenged = await _needs_pow(request, rt, client, event, body, lang)
-    if challenged is not None:
-        return challenged
-    incoming = Incoming(channel="web", external_id=ref, event=event,
-                        dedupe_key=f"{user.id}:{client_id}" if client_id is not None else None, client=client)
+    gate = request.app[CODE_GATE] if _sends_code(event) else None
+    ahead = gate.enter(client) if gate is not None else 0  # before any await (see CodeGate)
     try:
-        result = await rt.dispatcher.handle(incoming)
-    except ConflictError:
-        return _error(rt, 409, "busy", lang)
+        if gate is not None:
+            challenged = await _needs_pow(rt, client, ahead, body, lang)
+            if challenged is not None:
+                return challenged
+        incoming = Incoming(channel="web", external_id=ref, event=event,
+                            dedupe_key=f"{user.id}:{client_id}" if client_id is not None else None, client=client)
+        try:
+            result = await rt.dispatcher.handle(incoming)
+        except ConflictError:
+            return _error(rt, 409, "busy", lang)
+    finally:
+        if gate is not None:
+            gate.leave(client)
     return web.json_response({"messages": result.messages}, dumps=_dumps)
 
 
