@@ -172,12 +172,15 @@ def _commit(tx: _Tx, user_id: int, version: int | None, state: str, data: str, p
                                 "user_id": user_id})
     assert row is not None
     first = int(row[0]) - len(payloads)
+    encoded: list[str] = []
     for offset, payload in enumerate(payloads):
         payload["seq"] = first + offset
+        encoded.append(json.dumps(payload, ensure_ascii=False))
         tx.run(_INSERT_OUTBOX, {"user_id": user_id, "channel": channel, "seq": first + offset, "inbox_id": inbox_id,
-                                "payload": json.dumps(payload, ensure_ascii=False), "now": now})
+                                "payload": encoded[-1], "now": now})
     if inbox_id is not None:
-        tx.run(_ANSWER_INBOX, {"now": now, "response": json.dumps(payloads, ensure_ascii=False), "id": inbox_id})
+        # The replies as encoded for the outbox, spliced: what json.dumps(payloads) writes, without encoding twice.
+        tx.run(_ANSWER_INBOX, {"now": now, "response": "[" + ", ".join(encoded) + "]", "id": inbox_id})
 
 
 class _SqliteTx:
