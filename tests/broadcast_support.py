@@ -3,17 +3,32 @@ sealed copy), written straight into a fresh data folder's database before the bo
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from bot import identities
+from bot.broadcasts import BroadcastService
 from bot.storage import Database, sqlite_time, utcnow
 from bot.vault import Vault
 
 DB_NAME = "haoqing.sqlite3"
+TEXTS = {"zh_CN": "号清提醒：周六系统维护。", "en": "Haoqing: maintenance on Saturday."}
+
+
+async def finished(service: BroadcastService, broadcast_id: int, *, polls: int = 400) -> dict[str, Any]:
+    """The broadcast's status once it is done, polled every 50 ms at most `polls` times."""
+    status: dict[str, Any] = {}
+    for _ in range(polls):
+        status = await service.status(broadcast_id)
+        if status["status"] == "done":
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"broadcast {broadcast_id} did not finish: {status}")
 
 
 @dataclass(frozen=True)

@@ -17,20 +17,8 @@ from bot.people import forget_user
 from bot.server import RunningServer
 from bot.storage import Database
 from bot.vault import Vault
-from tests.broadcast_support import Recipient, insert, migrate
+from tests.broadcast_support import TEXTS, Recipient, finished, insert, migrate
 from tests.conftest import Chat
-
-TEXTS = {"zh_CN": "号清提醒：周六系统维护。", "en": "Haoqing: maintenance on Saturday."}
-
-
-async def _done(service: BroadcastService, broadcast_id: int) -> dict[str, Any]:
-    status: dict[str, Any] = {}
-    for _ in range(400):
-        status = await service.status(broadcast_id)
-        if status["status"] == "done":
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"broadcast {broadcast_id} did not finish: {status}")
 
 
 async def _rows(db: Database, broadcast_id: int) -> dict[int, tuple[str, str | None]]:
@@ -56,7 +44,7 @@ async def test_a_web_chat_user_who_forgets_before_their_turn_gets_nothing(
     assert (status["unreachable"], status["left"]) == (1, 1), "settled at /forget, before the broadcast starts"
 
     await service.start(created["id"])
-    status = await _done(service, created["id"])
+    status = await finished(service, created["id"])
     assert (status["sent"], status["failed"], status["unreachable"], status["left"]) == (1, 0, 1, 0)
     assert not [m for m in await leaving.pushed(0) if m["text"].startswith("号清提醒")]
     assert [m for m in await staying.pushed(0) if m["text"].startswith("号清提醒")]
@@ -111,7 +99,7 @@ async def test_a_claimed_row_settled_by_forget_stays_forgotten_and_is_counted_on
         await forget_user(db, cast(Any, NoJobs()), gone)
         assert (await _rows(db, created["id"]))[gone] == ("unreachable", "forgotten")
         gate.go.set()
-        status = await _done(service, created["id"])
+        status = await finished(service, created["id"])
         assert (status["sent"], status["unreachable"], status["left"]) == (2, 1, 0), status
         assert (await _rows(db, created["id"]))[gone] == ("unreachable", "forgotten"), "the engine's settle skips it"
         assert await service.report_csv(created["id"]) == (

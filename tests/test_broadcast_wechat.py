@@ -6,24 +6,17 @@ for an unverified account), so a send in breach of the rules would fail the test
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from bot.broadcasts import BROADCASTS, BroadcastService
+from bot.broadcasts import BROADCASTS
 from dialogs.model import Msg, Reply
+from tests.broadcast_support import finished
 from tests.fakes.fake_wechat_api import CUSTOM_SEND, TEMPLATE_SEND
 from tests.test_wechat import WxServer, fake_api, wx_factory  # noqa: F401  (fixtures)
 
 TEXTS = {"zh_CN": "号清提醒：周六系统维护，届时暂停服务。", "en": "Haoqing: maintenance on Saturday."}
 
 
-async def _done(service: BroadcastService, broadcast_id: int) -> dict[str, Any]:
-    for _ in range(300):
-        status = await service.status(broadcast_id)
-        if status["status"] == "done":
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"broadcast {broadcast_id} did not finish: {status}")
 
 
 async def test_window_template_and_unreachable(wx_factory: Any) -> None:  # noqa: F811
@@ -65,7 +58,7 @@ async def test_window_template_and_unreachable(wx_factory: Any) -> None:  # noqa
     fake.fail_next(CUSTOM_SEND, 45047, openid=refuser.openid)
     first = await service.create(texts=TEXTS, segment={"channel": "wechat"}, dry_run=False, created_by="test")
     await service.start(first["id"])
-    status = await _done(service, first["id"])
+    status = await finished(service, first["id"], polls=300)
     assert (status["sent"], status["failed"], status["unreachable"]) == (4, 0, 1), status
 
     talker_texts = fake.texts(talker.openid)
@@ -87,7 +80,7 @@ async def test_window_template_and_unreachable(wx_factory: Any) -> None:  # noqa
     before = len(fake.calls)
     second = await service.create(texts=TEXTS, segment={"channel": "wechat"}, dry_run=False)
     await service.start(second["id"])
-    status = await _done(service, second["id"])
+    status = await finished(service, second["id"], polls=300)
     assert (status["sent"], status["unreachable"]) == (1, 4), status
     sent_now = [c for c in fake.calls[before:] if c.path in (CUSTOM_SEND, TEMPLATE_SEND)]
     assert [c.body["touser"] for c in sent_now] == [talker.openid], "only the open window is used"
@@ -104,6 +97,6 @@ async def test_an_unverified_account_reaches_nobody_by_push(wx_factory: Any) -> 
     created = await service.create(texts=TEXTS, segment={}, dry_run=False)
     before = len(wx.fake.calls)
     await service.start(created["id"])
-    status = await _done(service, created["id"])
+    status = await finished(service, created["id"], polls=300)
     assert status["unreachable"] == 1 and status["sent"] == 0
     assert not [c for c in wx.fake.calls[before:] if c.path in (CUSTOM_SEND, TEMPLATE_SEND)]

@@ -10,21 +10,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.broadcasts import BROADCASTS, BroadcastError, BroadcastService
+from bot.broadcasts import BROADCASTS, BroadcastError
 from bot.server import RunningServer
 from bot.storage import Person, Plan, UnbindRequestRow, User, utcnow
+from tests.broadcast_support import TEXTS, finished
 from tests.conftest import Chat
-
-TEXTS = {"zh_CN": "号清提醒：周六系统维护。", "en": "Haoqing: maintenance on Saturday."}
-
-
-async def _done(service: BroadcastService, broadcast_id: int) -> dict[str, Any]:
-    for _ in range(400):
-        status = await service.status(broadcast_id)
-        if status["status"] == "done":
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"broadcast {broadcast_id} did not finish: {status}")
 
 
 async def _user_of(server: RunningServer, chat: Chat) -> User:
@@ -57,7 +47,7 @@ async def test_web_chat_users_get_it_in_their_language_and_opted_out_get_nothing
     assert created["status"] == "draft" and created["recipients"] == 2 and created["left"] == 2
     started = await service.start(created["id"])
     assert started["status"] in ("running", "done")
-    status = await _done(service, created["id"])
+    status = await finished(service, created["id"])
     assert (status["sent"], status["failed"], status["unreachable"], status["left"]) == (2, 0, 0, 0)
 
     [zh_got] = [m["text"] for m in await zh.pushed(0) if m["text"].startswith("号清提醒")]
@@ -117,7 +107,7 @@ async def test_segments_count_people_once_and_follow_requests_plans_and_activity
 
     created = await service.create(texts=TEXTS, segment={"has_open_requests": True}, dry_run=False)
     await service.start(created["id"])
-    await _done(service, created["id"])
+    await finished(service, created["id"])
     got = [any(m["text"].startswith("号清提醒") for m in await chat.pushed(0)) for chat in talkers]
     assert got == [False, True, False, False, False], "the person's most recent chat, and only that one"
 
@@ -180,7 +170,7 @@ async def test_a_scheduled_broadcast_waits_for_its_time(server: RunningServer, h
     # Three hours on, on the service's (and so the engine's) clock.
     service.clock = lambda: utcnow() + timedelta(hours=3, minutes=1)
     server.app[BROADCASTS].on_change()
-    status = await _done(engine_round, created["id"])
+    status = await finished(engine_round, created["id"])
     assert status["sent"] == 1 and status["started_at"] is not None
     assert [m for m in await chat.pushed(0) if m["text"].startswith("号清提醒")]
 
@@ -196,7 +186,7 @@ async def test_who_got_it_is_forgotten_a_month_after_the_end_but_the_report_stay
     service = server.app[BROADCASTS]
     created = await service.create(texts=TEXTS, dry_run=False)
     await service.start(created["id"])
-    await _done(service, created["id"])
+    await finished(service, created["id"])
     db = server.runtime.db
 
     async def rows() -> int:
@@ -225,7 +215,7 @@ async def test_users_of_a_channel_not_running_here_are_unreachable_and_the_broad
     assert planned["by_channel"] == {"web": {"recipients": 1}, "telegram": {"recipients": 2, "unreachable": 2}}
     created = await service.create(texts=TEXTS, dry_run=False)
     await service.start(created["id"])
-    status = await _done(service, created["id"])
+    status = await finished(service, created["id"])
     assert (status["sent"], status["unreachable"], status["left"]) == (1, 2, 0)
     report = await service.report_csv(created["id"])
     assert "telegram,unreachable,channel_off,1\n" in report and "telegram,unreachable,inactive,1\n" in report

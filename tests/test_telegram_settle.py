@@ -36,6 +36,18 @@ async def _alter(database: str, statement: str) -> None:
     await asyncio.to_thread(run)
 
 
+async def _started(srv: Any, chat_id: int, *, inline_wait: float) -> tuple[TgUser, list[Any], str]:
+    """A user whose /start replies are all sent, settle retries quick, and the SQLite file to alter: (the user,
+    their outbox rows so far, the database path)."""
+    limits = srv.channel.limits
+    limits.inline_wait = inline_wait
+    limits.settle_retry_base, limits.settle_retry_cap = 0.05, 0.2
+    user = TgUser(srv, chat_id)
+    await user.say("/start")
+    rows = await _wait_rows(srv, lambda rows: rows and all(r.status == "sent" for r in rows))
+    return user, rows, srv.rt.settings.resolved_database_url().split("///", 1)[1]
+
+
 async def until(predicate: Callable[[], Any], seconds: float = 15.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
@@ -48,13 +60,7 @@ async def test_a_settle_the_database_refuses_is_retried_and_the_reply_is_not_sen
         tmp_path: Path, fake: FakeBotApi, http: aiohttp.ClientSession, log_capture: io.StringIO) -> None:  # noqa: F811
     srv = await start_tg(tmp_path, fake, http)
     try:
-        limits = srv.channel.limits
-        limits.inline_wait = 0.1
-        limits.settle_retry_base, limits.settle_retry_cap = 0.05, 0.2
-        user = TgUser(srv, 7700)
-        await user.say("/start")
-        await _wait_rows(srv, lambda rows: rows and all(r.status == "sent" for r in rows))
-        database = srv.rt.settings.resolved_database_url().split("///", 1)[1]
+        user, _before, database = await _started(srv, 7700, inline_wait=0.1)
         # The next replies wait out a 429 past inline_wait: the webhook hands them over as claimed rows.
         fake.fail("429", method="sendMessage", chat_id=user.chat_id, times=1, retry_after=2)
         sent_before = len(fake.sent(user.chat_id))
@@ -85,13 +91,7 @@ async def test_replies_the_database_will_not_take_over_are_still_sent_once_and_t
         tmp_path: Path, fake: FakeBotApi, http: aiohttp.ClientSession) -> None:  # noqa: F811
     srv = await start_tg(tmp_path, fake, http)
     try:
-        limits = srv.channel.limits
-        limits.inline_wait = 1.0
-        limits.settle_retry_base, limits.settle_retry_cap = 0.05, 0.2
-        user = TgUser(srv, 7800)
-        await user.say("/start")
-        before = await _wait_rows(srv, lambda rows: rows and all(r.status == "sent" for r in rows))
-        database = srv.rt.settings.resolved_database_url().split("///", 1)[1]
+        user, before, database = await _started(srv, 7800, inline_wait=1.0)
         fake.fail("429", method="sendMessage", chat_id=user.chat_id, times=1, retry_after=3)
         sent_before = len(fake.sent(user.chat_id))
         posted = asyncio.create_task(srv.post(tg.message(user.chat_id, text="/help")))
