@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
-from bot import identities, metrics
+from bot import identities, jsoncodec, metrics
 from bot.effects import EffectContext, EffectRunner
 from bot.step_store import RESERVE_PUSH_SEQ, Begin, StepStore, UserRef
 from bot.storage import Conversation, OutboxMessage, User, utcnow
@@ -160,7 +160,7 @@ class Pushes:
             payload["seq"] = seq + offset
             # Web chat reads its rows directly; other channels' senders deliver `pending` rows.
             session.add(OutboxMessage(user_id=user_id, channel=channel, seq=seq + offset, kind="push",
-                                      payload=json.dumps(payload, ensure_ascii=False),
+                                      payload=jsoncodec.dumps_str(payload),
                                       status="sent" if channel == "web" else "pending"))
         return payloads
 
@@ -238,7 +238,7 @@ class Dispatcher:
                           replayed=True)
 
     async def _step(self, user: UserRef, incoming: Incoming, begin: Begin) -> StepResult:
-        state, data = begin.state, json.loads(begin.data)
+        state, data = begin.state, jsoncodec.loads(begin.data)
         event = self._as_choice(incoming.event, data)
         replies: list[Reply] = []
         # Whatever an effect creates is keyed by the delivery it serves, so a replay of this step (after a crash
@@ -271,7 +271,7 @@ class Dispatcher:
         kept = payloads if not any(r.kept for r in replies) else [
             rendered(replace(r, msg=r.kept), lang, self.catalog, no_push=no_push) if r.kept else dict(p)
             for r, p in zip(replies, payloads, strict=True)]
-        await self.steps.commit(user.id, begin.version, state, json.dumps(data, ensure_ascii=False), kept,
+        await self.steps.commit(user.id, begin.version, state, jsoncodec.dumps_str(data), kept,
                                    begin.inbox_id, incoming.channel, lang, data.get("reminders", True) is not False)
         if kept is not payloads:
             for shown, stored in zip(payloads, kept, strict=True):

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import text
 
+from bot import jsoncodec
 from bot.storage import SQLITE_PRAGMAS, Database, sqlite_time, utcnow
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def _begin(tx: _Tx, user_id: int, channel: str, key: str | None, now: Any, lang:
         if int(existing[1]) == user_id:
             inbox_id = int(existing[0])
             if existing[2] == "done":
-                return Begin(inbox_id, json.loads(existing[3] or "[]"), "", "", None)
+                return Begin(inbox_id, jsoncodec.loads(existing[3] or "[]"), "", "", None)
         # Another user's delivery id: never replay their answer, and process this one undeduplicated.
     return _begun(inbox_id, tx.one(_SELECT_CONV, {"user_id": user_id}), lang)
 
@@ -175,12 +176,13 @@ def _commit(tx: _Tx, user_id: int, version: int | None, state: str, data: str, p
     encoded: list[str] = []
     for offset, payload in enumerate(payloads):
         payload["seq"] = first + offset
-        encoded.append(json.dumps(payload, ensure_ascii=False))
+        encoded.append(jsoncodec.dumps_str(payload))
         tx.run(_INSERT_OUTBOX, {"user_id": user_id, "channel": channel, "seq": first + offset, "inbox_id": inbox_id,
                                 "payload": encoded[-1], "now": now})
     if inbox_id is not None:
-        # The replies as encoded for the outbox, spliced: what json.dumps(payloads) writes, without encoding twice.
-        tx.run(_ANSWER_INBOX, {"now": now, "response": "[" + ", ".join(encoded) + "]", "id": inbox_id})
+        # The replies as encoded for the outbox, spliced: what jsoncodec.dumps_str(payloads) writes, without encoding
+        # twice.
+        tx.run(_ANSWER_INBOX, {"now": now, "response": "[" + ",".join(encoded) + "]", "id": inbox_id})
 
 
 class _SqliteTx:
@@ -574,14 +576,14 @@ class AsyncpgStepStore:
                     # Another user's delivery id: never replay their answer, and process this one undeduplicated.
                     return _begun(None, conv, lang)
                 if existing[2] == "done":
-                    return Begin(int(existing[0]), json.loads(existing[3] or "[]"), "", "", None)
+                    return Begin(int(existing[0]), jsoncodec.loads(existing[3] or "[]"), "", "", None)
                 return _begun(int(existing[0]), conv, lang)
         raise ConflictError(f"inbox row of user {user_id} keeps disappearing")
 
     async def commit(self, user_id: int, version: int | None, state: str, data: str,
                      payloads: list[dict[str, Any]], inbox_id: int | None, channel: str, lang: str | None,
                      reminders: bool) -> None:
-        bodies = [json.dumps({k: v for k, v in payload.items() if k != "seq"}, ensure_ascii=False)
+        bodies = [jsoncodec.dumps_str({k: v for k, v in payload.items() if k != "seq"})
                   for payload in payloads]
         row = await self._fetchrow(_PG_COMMIT_INSERT if version is None else _PG_COMMIT_UPDATE, user_id, state,
                                    data, utcnow(), version, len(payloads), lang, reminders, bodies, channel,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
-import json
 import logging
 import re
 import secrets
@@ -34,6 +33,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.request import BaseRequest
 
+from bot import jsoncodec
 from bot.budgets import LocalBudget
 from bot.channels.telegram_inbound import Press, UpdatePlan, addressed_to_bot, plan
 from bot.channels.telegram_render import (
@@ -636,7 +636,7 @@ async def webhook(request: web.Request) -> web.Response:
     if raw is None:
         return web.Response(status=413)
     try:
-        data = json.loads(raw)
+        data = jsoncodec.loads(raw)
     except (UnicodeDecodeError, ValueError):
         return web.Response(status=400)
     if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
@@ -666,7 +666,7 @@ async def webhook(request: web.Request) -> web.Response:
         answer = await channel.give_up(update, inline=True)
         return web.json_response(answer) if answer is not None else web.Response(status=200)
     if method is not None:
-        return web.json_response(method)
+        return web.Response(body=jsoncodec.dumps(method), content_type="application/json")
     return web.Response(status=200)
 
 

@@ -23,6 +23,8 @@ from telegram.error import (
 )
 from telegram.request import BaseRequest, RequestData
 
+from bot import jsoncodec
+
 _JSON_HEADERS = {"Content-Type": "application/json", "User-Agent": BaseRequest.USER_AGENT}
 
 
@@ -127,7 +129,7 @@ def raise_for_answer(status: int, raw: bytes) -> Any:
     """The `result` of a Bot API answer, or the exception python-telegram-bot would raise for it (same classes,
     same messages), so the sender's handling of 429, 403, 400 and 5xx does not depend on which path sent."""
     try:
-        answer = json.loads(raw)
+        answer = jsoncodec.loads(raw)
     except ValueError:
         answer = None
     if 200 <= status <= 299 and isinstance(answer, dict) and answer.get("ok"):

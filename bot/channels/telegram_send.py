@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from telegram import Bot, InlineKeyboardMarkup, TelegramObject
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 
-from bot import metrics
+from bot import jsoncodec, metrics
 from bot.budgets import Budget, LocalBudget, Slot, joint
 from bot.channels.telegram_render import Outgoing, render_payload
 from bot.channels.telegram_request import AiohttpRequest, raise_for_answer
@@ -88,6 +88,13 @@ def retry_after(exc: RetryAfter) -> float:
     return _seconds(exc.retry_after)
 
 
+def _telegram_object(value: Any) -> Any:
+    """How a PTB object in a send's parameters goes into its JSON body (jsoncodec's `default`)."""
+    if isinstance(value, TelegramObject):
+        return value.to_dict()
+    raise TypeError(type(value).__name__)
+
+
 class LeanBot(Bot):
     """telegram.Bot plus `send_raw`: the send path posts the JSON itself over the aiohttp session and never
     builds a Message from the answer. PTB's `_post` (RequestData, parameter objects, a Message per send) cost
@@ -100,8 +107,7 @@ class LeanBot(Bot):
         if not isinstance(request, AiohttpRequest):
             return await self._post(endpoint, data, read_timeout=read_seconds or seconds, write_timeout=seconds,
                                     connect_timeout=seconds, pool_timeout=seconds)
-        body = json.dumps({key: value.to_dict() if isinstance(value, TelegramObject) else value
-                           for key, value in data.items() if value is not None}, ensure_ascii=False).encode()
+        body = jsoncodec.dumps({key: value for key, value in data.items() if value is not None}, _telegram_object)
         status, raw = await request.post_json(f"{self.base_url}/{endpoint}", body, seconds, read_seconds or seconds)
         return raise_for_answer(status, raw)
 
