@@ -69,3 +69,52 @@ async def test_rows_from_before_are_rekeyed_at_start(tmp_path: Path) -> None:
         assert second.runtime.vault.reveal(sealed) == "5550001"
     finally:
         await second.stop()
+
+
+def test_keyed_hashes_are_the_standard_hmac_sha256_and_stable() -> None:
+    """Stored ids and ID-number hashes are looked up by this value: it must stay HMAC-SHA256 under the derived key,
+    whatever the implementation (bot/vault.py copies a keyed state), and a copy must never carry one call's input
+    into the next."""
+    import hashlib
+    import hmac
+
+    from bot.vault import Vault, _derive
+
+    vault = Vault(b"secret")
+    key = _derive(b"secret", b"keyed-hash")
+    for purpose, value in (("phone", "13800138000"), ("external-id", "telegram:42"), ("phone", "13800138000")):
+        assert vault.keyed_hash(value, purpose=purpose) == hmac.new(
+            key, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
+    assert vault.keyed_hash("13800138000") == vault.keyed_hash("13800138000", purpose="phone")
+    assert vault.keyed_hash("1") != Vault(b"other").keyed_hash("1")
+
+
+def test_sealing_never_repeats_a_nonce_across_draws_or_a_fork() -> None:
+    """AES-GCM nonces come from os.urandom in batches (bot/vault.py): unique within a process across batches, and
+    a forked child (a gunicorn worker) draws its own instead of using the batch its parent holds."""
+    import base64
+    import os
+
+    from bot.vault import Vault
+
+    vault = Vault(b"secret")
+
+    def nonce() -> bytes:
+        return base64.urlsafe_b64decode(vault.seal("13800138000"))[:12]
+
+    seen = [nonce() for _ in range(1000)]  # about three batches
+    assert len(set(seen)) == len(seen)
+    assert all(vault.reveal(vault.seal(value)) == value for value in ("a", "13800138000"))
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.write(write, nonce())
+        finally:
+            os._exit(0)
+    os.close(write)
+    from_child = os.read(read, 12)
+    os.close(read)
+    os.waitpid(child, 0)
+    assert len(from_child) == 12
+    assert from_child != nonce()  # the parent's next nonce, from the batch it held at the fork

@@ -76,7 +76,8 @@ def body_deadline(seconds: float) -> Callable[..., Any]:
     @web.middleware
     async def middleware(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        if seconds <= 0 or not request.body_exists:
+        # A body already in full (a Telegram update or WeChat message arrives with its headers) needs no timer.
+        if seconds <= 0 or not request.body_exists or request.content.is_eof():
             return await handler(request)
 
         def expire() -> None:
