@@ -13,7 +13,10 @@ from typing import Any
 
 import orjson
 
-_OPTIONS = orjson.OPT_NON_STR_KEYS  # int keys become strings, as json.dumps does
+# Int keys become strings, as json.dumps does; datetimes, dataclasses and subclasses of str, int, dict and list go
+# the standard library's way (through `default`, else refused), so orjson accepts nothing json would refuse.
+_OPTIONS = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+            | orjson.OPT_PASSTHROUGH_SUBCLASS)
 
 
 def loads(data: bytes | str) -> Any:

@@ -47,3 +47,27 @@ def test_a_default_turns_other_objects_into_json() -> None:
         "reply_markup": {"inline_keyboard": []}}
     with pytest.raises(TypeError):
         jsoncodec.dumps({"x": object()})
+
+
+def test_what_json_refuses_is_refused_and_str_subclasses_still_write() -> None:
+    """A datetime or a dataclass in a step's data failed loudly before orjson; it still does, rather than turning
+    into a string that reads back as another type."""
+    import dataclasses
+    import enum
+    from datetime import UTC, datetime
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    for value in ({"at": datetime.now(UTC)}, {"p": Point(1)}):
+        with pytest.raises(TypeError):
+            jsoncodec.dumps(value)
+        with pytest.raises(TypeError):
+            jsoncodec.dumps_str(value)
+
+    class Mode(enum.StrEnum):
+        HTML = "HTML"
+
+    assert json.loads(jsoncodec.dumps({"parse_mode": Mode.HTML})) == {"parse_mode": "HTML"}
+    assert jsoncodec.dumps_str({"parse_mode": Mode.HTML}) == '{"parse_mode":"HTML"}'
