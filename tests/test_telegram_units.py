@@ -324,3 +324,29 @@ async def test_the_raw_send_path_raises_what_ptb_would() -> None:
         for request in requests:
             await request.shutdown()
         await fake.stop()
+
+
+async def test_a_reply_is_waited_for_up_to_its_limit_and_goes_on_after_it() -> None:
+    """deliver_reply's wait (`_done_within`): True once the send is done, False at the limit with the send still
+    under way, and a cancelled webhook call leaves the send running."""
+    from bot.channels.telegram import _done_within
+
+    release = asyncio.Event()
+
+    async def send() -> str:
+        await release.wait()
+        return "sent"
+
+    quick = asyncio.create_task(asyncio.sleep(0))
+    assert await _done_within(quick, 5.0)
+    slow = asyncio.create_task(send())
+    assert not await _done_within(slow, 0.01)
+    assert not slow.done()
+    waiting = asyncio.create_task(_done_within(slow, 5.0))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
+    assert await slow == "sent"
+    assert await _done_within(slow, 0.0)

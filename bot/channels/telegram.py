@@ -21,8 +21,6 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
@@ -109,6 +107,21 @@ def webhook_secret(rt: Runtime) -> str:
     return hashlib.sha256(b"telegram-webhook:" + rt.settings.resolved_secret()).hexdigest()
 
 
+class _Turn:
+    __slots__ = ("_chat_id", "_order", "_turns")
+
+    def __init__(self, turns: ChatTurns, chat_id: int, order: int) -> None:
+        self._turns = turns
+        self._chat_id = chat_id
+        self._order = order
+
+    async def __aenter__(self) -> None:
+        await self._turns._take(self._chat_id, self._order)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._turns._release(self._chat_id)
+
+
 class ChatTurns:
     """One update per chat at a time, lowest update_id first among those waiting.
 
@@ -121,24 +134,24 @@ class ChatTurns:
         self._waiting: dict[int, list[tuple[int, int, asyncio.Future[None]]]] = {}
         self._counter = 0
 
-    @asynccontextmanager
-    async def turn(self, chat_id: int, order: int) -> AsyncIterator[None]:
-        if chat_id in self._busy:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._counter += 1
-            heapq.heappush(self._waiting.setdefault(chat_id, []), (order, self._counter, future))
-            try:
-                await future
-            except asyncio.CancelledError:
-                if future.done() and not future.cancelled():
-                    self._release(chat_id)  # the turn was handed to us as we were cancelled
-                raise
-        else:
+    def turn(self, chat_id: int, order: int) -> _Turn:
+        """`async with turns.turn(chat_id, update_id):` holds the chat's turn (a plain class rather than an
+        @asynccontextmanager: it is entered on every update)."""
+        return _Turn(self, chat_id, order)
+
+    async def _take(self, chat_id: int, order: int) -> None:
+        if chat_id not in self._busy:
             self._busy.add(chat_id)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._counter += 1
+        heapq.heappush(self._waiting.setdefault(chat_id, []), (order, self._counter, future))
         try:
-            yield
-        finally:
-            self._release(chat_id)
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release(chat_id)  # the turn was handed to us as we were cancelled
+            raise
 
     def _release(self, chat_id: int) -> None:
         queue = self._waiting.get(chat_id)
@@ -479,8 +492,7 @@ class TelegramChannel:
         if not messages:
             return
         task = self._spawn(self.sender.deliver(chat_id, messages, push=False, edit_message_id=edit_id))
-        done, _ = await asyncio.wait({task}, timeout=self.limits.inline_wait)
-        if done:
+        if await _done_within(task, self.limits.inline_wait):
             self._log_undeliverable(task, chat_id)
             return
         seqs = sorted({m.seq for m in messages if m.seq is not None})
@@ -604,6 +616,28 @@ class TelegramChannel:
 
 
 TELEGRAM: web.AppKey[TelegramChannel] = web.AppKey("telegram", TelegramChannel)
+
+
+async def _done_within(task: asyncio.Task[Any], seconds: float) -> bool:
+    """Whether `task` finished within `seconds`; it goes on either way. asyncio.wait for one task, without the sets
+    and the per-future bookkeeping: it runs on every reply."""
+    if task.done():
+        return True
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(seconds, wake)
+    task.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+    return task.done()
 
 
 def _inline_answer(callback_id: str, text: str | None) -> dict[str, Any]:

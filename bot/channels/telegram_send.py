@@ -247,6 +247,7 @@ class Sender:
         self.clock = clock
         self._lanes: dict[int, Lane] = {}
         self.pace = BotPace(clock, budget, budget_key)
+        self._sent_ok = metrics.SENDS.labels(CHANNEL, "ok")  # looked up once: labels() costs more than the count
         self.on_blocked: Callable[[int], Awaitable[None]] | None = None
 
     def lane(self, chat_id: int) -> Lane:
@@ -295,7 +296,7 @@ class Sender:
                 await self._wait_turn(lane, push=push, paced=paced, chat_id=chat_id, broadcast=broadcast)
             try:
                 answer = await make()
-                metrics.SENDS.labels(CHANNEL, "ok").inc()
+                self._sent_ok.inc()
                 return answer
             except RetryAfter as exc:
                 metrics.THROTTLED.labels(CHANNEL).inc()
