@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 from sqlalchemy import Connection, TextClause, bindparam, text
 
-from bot import identities, metrics
+from bot import identities, jsoncodec, metrics
 from bot.storage import Broadcast, Database, sqlite_time, utcnow
 from bot.vault import Vault
 
@@ -982,7 +982,7 @@ class WebChatTransport:
             await conn.execute(text(
                 "INSERT INTO outbox (user_id, channel, seq, kind, payload, status, attempts, created_at, sent_at) "
                 "VALUES (:uid, 'web', :seq, 'push', :payload, 'sent', 0, :now, :now)"),
-                {"uid": delivery.user_id, "seq": seq, "payload": json.dumps(payload, ensure_ascii=False), "now": now})
+                {"uid": delivery.user_id, "seq": seq, "payload": jsoncodec.dumps_str(payload), "now": now})
             await conn.execute(text(
                 "INSERT INTO broadcast_counts (broadcast_id, channel, outcome, reason, count) "
                 "VALUES (:bid, 'web', 'sent', '', 1) ON CONFLICT (broadcast_id, channel, outcome, reason) "

@@ -8,7 +8,6 @@ together, so a crash between the two replays the step instead of losing or doubl
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -314,13 +313,13 @@ class Dispatcher:
                 user = await session.get(User, user_id)
                 if conv is None or user is None or conv.state not in only_in:
                     return False
-                result = machine.step(conv.state, json.loads(conv.data), event)
+                result = machine.step(conv.state, jsoncodec.loads(conv.data), event)
                 data = dict(result.data)
                 _remember_offer(data, result.replies)
                 if stage is not None and not await stage(session):
                     await session.rollback()
                     return False
-                conv.state, conv.data = result.state, json.dumps(data, ensure_ascii=False)
+                conv.state, conv.data = result.state, jsoncodec.dumps_str(data)
                 conv.version += 1
                 conv.updated_at = utcnow()
                 session.add(conv)

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot import jsoncodec
 from bot import pow as proof_of_work
 from bot.abuse import Rule, client_address
 from bot.dispatch import Incoming, pick_lang
@@ -75,7 +76,7 @@ _PAGE_TOKENS = re.compile(r"\{\{\s*([a-z_.]+)\s*\}\}")
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return jsoncodec.dumps_str(value)  # the step's answer, on every message: the hot path's JSON
 
 
 def _session_ref(rt: Runtime, session_id: str) -> str:
