@@ -98,7 +98,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure:
         sys.path.insert(0, os.getcwd())
-        print(*(f"{v:.1f}" for v in asyncio.run(measure(args.measure))))
+        # On the loop `make run` ships (EVENT_LOOP, bot/loops.py), as bench/telegram_webhook.py runs ours.
+        from bot.config import Settings
+        from bot.loops import loop_factory
+
+        with asyncio.Runner(loop_factory=loop_factory(Settings(_env_file=None))) as runner:  # type: ignore[call-arg]
+            print(*(f"{v:.1f}" for v in runner.run(measure(args.measure))))
         return
     trees = {"ours": ROOT}
     if args.base_tree:

@@ -586,14 +586,17 @@ async def bench(args: argparse.Namespace) -> None:
                         cpu_before = cpu_seconds(procs[peer].pid)
                         # Telegram's side of the same updates, on the same cores: this load generator (which
                         # also runs the methods a webhook response carries, as Telegram does) and the fake Bot API.
-                        harness_before = time.process_time() + cpu_seconds(fake_proc.pid)
+                        loadgen_before, fake_before = time.process_time(), cpu_seconds(fake_proc.pid)
                         peak, updates = await runs[peer].closed_loop(args.workers, args.seconds)
-                        cpu = 1000 * (cpu_seconds(procs[peer].pid) - cpu_before) / max(updates, 1)
-                        harness = 1000 * (time.process_time() + cpu_seconds(fake_proc.pid) - harness_before) / max(
-                            updates, 1)
+                        per = 1000 / max(updates, 1)
+                        cpu = per * (cpu_seconds(procs[peer].pid) - cpu_before)
+                        loadgen = per * (time.process_time() - loadgen_before)
+                        fake_cpu = per * (cpu_seconds(fake_proc.pid) - fake_before)
+                        harness = loadgen + fake_cpu
                         peaks[peer].append((peak, cpu, harness))
                         print(f"{peer:<8} round {round_no + 1}: closed loop peak {peak:>7.0f} updates/s, "
-                              f"server CPU {cpu:.2f} ms/update, harness CPU {harness:.2f} ms/update", flush=True)
+                              f"server CPU {cpu:.2f} ms/update, harness CPU {harness:.2f} ms/update "
+                              f"(load generator {loadgen:.2f}, fake Bot API {fake_cpu:.2f})", flush=True)
                 for peer in peers:
                     points = []
                     for rate in rates:

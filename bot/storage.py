@@ -25,6 +25,11 @@ def sqlite_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
+def sqlite_now() -> str:
+    """sqlite_time(utcnow()), for the hot path: an aware UTC time's ISO form is that text and "+00:00"."""
+    return datetime.now(UTC).isoformat(sep=" ", timespec="microseconds")[:-6]
+
+
 class User(SQLModel, table=True):
     __tablename__ = "users"
     __table_args__ = (UniqueConstraint("channel", "external_id"),)
@@ -600,8 +605,9 @@ def storage_unavailable(exc: BaseException | None) -> bool:
 
 # Every SQLite connection we open (the ORM's, the step store's writer, the broadcast engine's) runs with the same
 # settings, so a constraint or a lock wait behaves the same whichever path a write takes.
-SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=30000", "PRAGMA synchronous=NORMAL",
-                  "PRAGMA foreign_keys=ON")
+SQLITE_BUSY_SECONDS = 30  # how long a write waits for another connection's lock before it fails
+SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}",
+                  "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON")
 
 
 def apply_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,11 +1,12 @@
 """The hot path's storage (bot/step_store.py), below the dispatcher: the step contract every store keeps, and the
-SQLite store's group commit, where units queued together share one transaction and one wake-up of the loop."""
+SQLite store's group commit on the loop's own thread, where units submitted together share one transaction, a lock
+held elsewhere is waited out on the loop's timer and checkpoints run on a thread of their own."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -66,28 +67,29 @@ async def test_the_sqlite_step_store_keeps_the_step_contract(tmp_path: Path) -> 
         await db.close()
 
 
-async def test_a_failing_unit_leaves_its_batch_neighbours_committed(tmp_path: Path) -> None:
-    """Units queued together run in one transaction, bare; when one raises, the batch runs again with a savepoint
-    per unit, so only the failing unit is undone and its neighbours' rows (and answers) stand."""
+async def sqlite_store(tmp_path: Path) -> tuple[Database, SqliteStepStore]:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'steps.db'}")
     await db.create_all()
     store = step_store_for(db)
     assert isinstance(store, SqliteStepStore)
+    return db, store
+
+
+async def test_a_failing_unit_leaves_its_batch_neighbours_committed(tmp_path: Path) -> None:
+    """Units submitted in one pass of the loop run in one transaction, bare; when one raises, the batch runs again
+    with a savepoint per unit, so only the failing unit is undone and its neighbours' rows (and answers) stand."""
+    db, store = await sqlite_store(tmp_path)
     try:
         users = [await store.resolve_user("web", f"u{i}", "en", True) for i in range(3)]
         assert all(u is not None for u in users)
         begins = [await store.begin(u.id, "web", f"d{u.id}", "en") for u in users if u is not None]
-        # Hold the writer thread on a unit of its own, so the three commits below queue up as one batch.
-        release = threading.Event()
-        holding = asyncio.ensure_future(store._submit(lambda tx: release.wait(10)))
-        commits = [asyncio.ensure_future(store.commit(
+        lane = store._lanes[asyncio.get_running_loop()]
+        batches = lane.batches
+        outcomes = await asyncio.gather(*(store.commit(
             b_user.id, 0 if i == 1 else b.version, "menu", "{}", [{"text": f"hi {i}", "choices": []}], b.inbox_id,
-            "web", None, True)) for i, (b_user, b) in enumerate(zip(users, begins, strict=True)) if b_user is not None]
-        while store._queue.qsize() < 3:
-            await asyncio.sleep(0)
-        release.set()
-        await holding
-        outcomes = await asyncio.gather(*commits, return_exceptions=True)
+            "web", None, True) for i, (b_user, b) in enumerate(zip(users, begins, strict=True)) if b_user is not None),
+            return_exceptions=True)
+        assert lane.batches == batches + 1, "the three commits shared one batch"
         assert outcomes[0] is None and outcomes[2] is None
         assert isinstance(outcomes[1], ConflictError), "the stale version is refused"
         answered = [await store.begin(b_user.id, "web", f"d{b_user.id}", "en") for b_user in users if b_user]
@@ -97,6 +99,94 @@ async def test_a_failing_unit_leaves_its_batch_neighbours_committed(tmp_path: Pa
     finally:
         await store.close()
         await db.close()
+
+
+async def test_a_lock_held_elsewhere_is_waited_out_without_stalling_the_loop(tmp_path: Path) -> None:
+    """The store runs on the event loop's thread, so it must never wait inside SQLite: while another connection
+    holds the write lock, the step's commit waits on the loop's timer and the loop goes on serving others; the
+    commit lands once the lock is released."""
+    db, store = await sqlite_store(tmp_path)
+    other = sqlite3.connect(tmp_path / "steps.db", isolation_level=None)
+    try:
+        user = await store.resolve_user("web", "held", "en", True)
+        assert user is not None
+        begun = await store.begin(user.id, "web", "h1", "en")
+        other.execute("BEGIN IMMEDIATE")  # the ORM or the broadcast engine in the middle of a write
+        commit = asyncio.create_task(store.commit(user.id, begun.version, "menu", "{}", [{"text": "hi"}],
+                                                  begun.inbox_id, "web", None, True))
+        ticks = 0
+        while ticks < 50:  # the loop keeps turning: other chats are served meanwhile
+            await asyncio.sleep(0.001)
+            ticks += 1
+            assert not commit.done(), "nothing can commit while the other connection holds the lock"
+        other.execute("COMMIT")
+        await asyncio.wait_for(commit, 10)
+        assert (await store.begin(user.id, "web", "h1", "en")).answer == [{"seq": 1, "text": "hi"}]
+    finally:
+        other.close()
+        await store.close()
+        await db.close()
+
+
+async def test_a_lock_held_past_the_busy_timeout_fails_the_waiting_units(tmp_path: Path) -> None:
+    """As a connection's busy timeout would: a unit waits for the lock at most that long, then fails, and the
+    store works again once the lock is gone."""
+    db, store = await sqlite_store(tmp_path)
+    store.busy_timeout = 0.05
+    other = sqlite3.connect(tmp_path / "steps.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await asyncio.wait_for(store.resolve_user("web", "late", "en", True), 10)
+        other.execute("COMMIT")
+        assert await store.resolve_user("web", "late", "en", True) is not None
+    finally:
+        other.close()
+        await store.close()
+        await db.close()
+
+
+async def test_checkpoints_run_off_the_loop_and_keep_the_wal_from_growing(tmp_path: Path) -> None:
+    """Automatic checkpoints (an fsync inside some commit) are off on the loop's connection; the checkpointer
+    thread runs passive ones once the WAL passes its size, so the WAL stops growing where, without it, every
+    commit would add to it."""
+    sizes = {}
+    for name, wal_bytes in (("checkpointed", 64 << 10), ("unchecked", 1 << 40)):
+        path = tmp_path / name
+        path.mkdir()
+        db, store = await sqlite_store(path)
+        store._checkpointer.wal_bytes = wal_bytes
+        store.NUDGE_EVERY = 1
+        try:
+            user = await store.resolve_user("web", "writer", "en", True)
+            assert user is not None
+            lane = store._lanes[asyncio.get_running_loop()]
+            assert lane.conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+            version = None
+            for n in range(300):
+                begun = await store.begin(user.id, "web", f"w{n}", "en")
+                await store.commit(user.id, version, "menu", "{}", [{"text": "x" * 4000}], begun.inbox_id, "web",
+                                   None, True)
+                version = (version or 0) + 1
+                await asyncio.sleep(0.001)  # room for the checkpointer's thread
+            sizes[name] = (path / "steps.db-wal").stat().st_size
+            if name == "checkpointed":
+                assert store._checkpointer.runs > 0
+            else:
+                assert store._checkpointer.runs == 0
+        finally:
+            await store.close()
+            await db.close()
+    assert sizes["checkpointed"] < sizes["unchecked"] / 2, sizes
+
+
+async def test_the_store_refuses_work_once_closed(tmp_path: Path) -> None:
+    db, store = await sqlite_store(tmp_path)
+    await store.resolve_user("web", "x", "en", True)
+    await store.close()
+    await db.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.resolve_user("web", "y", "en", True)
 
 
 async def test_keyed_locks_serialise_one_key_and_leave_nothing_behind() -> None:
@@ -134,3 +224,19 @@ async def test_keyed_locks_serialise_one_key_and_leave_nothing_behind() -> None:
     held.cancel()
     await asyncio.gather(held, return_exceptions=True)
     assert len(locks) == 0
+
+
+def test_the_hot_path_clock_writes_times_as_the_orm_does() -> None:
+    """Raw SQL compares times with the ORM's rows as text, so both must write the same form (naive UTC, a space,
+    microseconds always)."""
+    import re
+    from datetime import UTC, datetime
+
+    from bot.storage import sqlite_now, sqlite_time
+
+    before = sqlite_time(datetime.now(UTC))
+    now = sqlite_now()
+    after = sqlite_time(datetime.now(UTC))
+    shape = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+    assert shape.fullmatch(now) and shape.fullmatch(before)
+    assert before <= now <= after
