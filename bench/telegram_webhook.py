@@ -645,6 +645,13 @@ async def bench(args: argparse.Namespace) -> None:
                 print(f"ours / {peer}: {ours / peak:.2f}x peak throughput, {cpu / ours_cpu:.2f}x updates per "
                       f"CPU second of the server, {(cpu + harness) / (ours_cpu + ours_harness):.2f}x of server "
                       f"and harness together")
+        if "base" in results:
+            # Ours and base get the same replies and the same webhook answers, so the harness does the same work
+            # for both: a round's server CPU over its harness CPU cancels out how fast the machine ran that round
+            # (on shared cores the CPU per update of one and the same work moves by a third between rounds).
+            relative = {peer: statistics.median(c / h for _, c, h in peaks[peer]) for peer in ("ours", "base")}
+            print(f"ours / base, server CPU per harness CPU in the same round (medians): "
+                  f"{relative['base'] / relative['ours']:.2f}x ({relative['ours']:.3f} against {relative['base']:.3f})")
 
 
 def main() -> None:

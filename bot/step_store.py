@@ -324,6 +324,13 @@ class SqliteStepStore:
 
     def _flush(self, loop: asyncio.AbstractEventLoop, lane: _Lane) -> None:
         lane.scheduled = False
+        if not lane.pending:
+            return
+        if self._closed:  # its connection is gone: whoever still waits is told, not left waiting
+            failed, lane.pending = lane.pending, []
+            for work in failed:
+                _settle(work.future, False, RuntimeError("the step store is closed"))
+            return
         if len(lane.pending) <= self.MAX_BATCH:
             batch, lane.pending = lane.pending, []
         else:
