@@ -2,8 +2,10 @@
 
 A delivery seen before gets its first answer again.
 
-The inbox row commits before the step runs; the new state, the replies and the inbox answer commit
-together, so a crash between the two replays the step instead of losing or doubling it.
+A step with effects has its inbox row committed before it runs, and each effect keyed by that row; the new state,
+the replies and the inbox answer commit together, so a crash between the two replays the step instead of losing or
+doubling it. A step without effects (most of them: menus, prompts, typed answers checked) acts on nothing outside
+the database, so its inbox row commits with the rest, in one transaction (one unit on SQLite).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sqlalchemy import text
 
 from bot import identities, jsoncodec, metrics
 from bot.effects import EffectContext, EffectRunner
-from bot.step_store import RESERVE_PUSH_SEQ, Begin, StepStore, UserRef
+from bot.step_store import RESERVE_PUSH_SEQ, Begin, PureStep, StepStore, UserRef
 from bot.storage import Conversation, OutboxMessage, User, utcnow
 from dialogs import machine
 from dialogs.intents import IntentModel
@@ -211,11 +213,15 @@ class Dispatcher:
             user = await self.user_for(incoming.channel, incoming.external_id, incoming.lang_hint)
             assert user is not None
             async with self.locks.hold(user.id), self.steps.user_lock(user.id):
-                begin = await self.steps.begin(user.id, incoming.channel, incoming.dedupe_key, user.lang)
+                # Most steps have no effect: those commit with their inbox row (one unit on SQLite). A step with
+                # effects gets its inbox row committed first, then runs again below, effects and all.
+                begin, done = await self.steps.begin_step(user.id, incoming.channel, incoming.dedupe_key, user.lang,
+                                                          lambda begun: self._pure(user, incoming, begun))
                 if begin.answer is not None:
                     outcome = "replayed"
                     return self._replayed(user, begin.answer)
-                result = await self._step(user, incoming, begin)
+                result = self._committed(done.outcome) if done is not None else await self._step(user, incoming,
+                                                                                                  begin)
                 outcome = "step"
                 return result
         finally:
@@ -236,7 +242,42 @@ class Dispatcher:
         return StepResult(tuple(answer), lang if lang in LANGS else DEFAULT_LANG, _offered_in(answer), user.id,
                           replayed=True)
 
+    def _pure(self, user: UserRef, incoming: Incoming, begin: Begin) -> PureStep | None:
+        """The step when it has no effect to run, ready to commit; None when it has one. Pure: the store may run it
+        inside its transaction, and more than once."""
+        state, data = begin.state, jsoncodec.loads(begin.data)
+        event = self._as_choice(incoming.event, data)
+        result = machine.step(state, data, event, self.intents)
+        if result.effects:
+            return None
+        return self._outcome(user, incoming, result.state, dict(result.data), list(result.replies))
+
+    def _outcome(self, user: UserRef, incoming: Incoming, state: str, data: dict[str, Any],
+                 replies: list[Reply]) -> PureStep:
+        """What a step's commit writes (state, data, replies as stored) and, passed through, what it answers."""
+        lang = str(data["lang"]) if data.get("lang") in LANGS else DEFAULT_LANG
+        offered = _remember_offer(data, replies)
+        no_push = incoming.channel in self.no_push_channels
+        payloads = [rendered(r, lang, self.catalog, no_push=no_push) for r in replies]
+        # A reply with a `kept` form (the user's letter with their full number) is delivered as is but stored only
+        # in that form: the outbox and the inbox answer never hold the full number.
+        kept = payloads if not any(r.kept for r in replies) else [
+            rendered(replace(r, msg=r.kept), lang, self.catalog, no_push=no_push) if r.kept else dict(p)
+            for r, p in zip(replies, payloads, strict=True)]
+        return PureStep(state, jsoncodec.dumps_str(data), kept, lang, data.get("reminders", True) is not False,
+                        outcome=(payloads, kept, lang, offered, user.id))
+
+    @staticmethod
+    def _committed(outcome: tuple[list[dict[str, Any]], list[dict[str, Any]], str, tuple[str, ...], int]
+                   ) -> StepResult:
+        payloads, kept, lang, offered, user_id = outcome
+        if kept is not payloads:
+            for shown, stored in zip(payloads, kept, strict=True):
+                shown["seq"] = stored["seq"]
+        return StepResult(tuple(payloads), lang, offered, user_id)
+
     async def _step(self, user: UserRef, incoming: Incoming, begin: Begin) -> StepResult:
+        """A step with effects: its inbox row is committed (`begin`), so each effect is keyed by this delivery."""
         state, data = begin.state, jsoncodec.loads(begin.data)
         event = self._as_choice(incoming.event, data)
         replies: list[Reply] = []
@@ -261,21 +302,10 @@ class Dispatcher:
             if follow is None:
                 break
             event = follow
-        lang = str(data["lang"]) if data.get("lang") in LANGS else DEFAULT_LANG
-        offered = _remember_offer(data, replies)
-        no_push = incoming.channel in self.no_push_channels
-        payloads = [rendered(r, lang, self.catalog, no_push=no_push) for r in replies]
-        # A reply with a `kept` form (the user's letter with their full number) is delivered as is but stored only
-        # in that form: the outbox and the inbox answer never hold the full number.
-        kept = payloads if not any(r.kept for r in replies) else [
-            rendered(replace(r, msg=r.kept), lang, self.catalog, no_push=no_push) if r.kept else dict(p)
-            for r, p in zip(replies, payloads, strict=True)]
-        await self.steps.commit(user.id, begin.version, state, jsoncodec.dumps_str(data), kept,
-                                   begin.inbox_id, incoming.channel, lang, data.get("reminders", True) is not False)
-        if kept is not payloads:
-            for shown, stored in zip(payloads, kept, strict=True):
-                shown["seq"] = stored["seq"]
-        return StepResult(tuple(payloads), lang, offered, user.id)
+        done = self._outcome(user, incoming, state, data, replies)
+        await self.steps.commit(user.id, begin.version, done.state, done.data, done.payloads, begin.inbox_id,
+                                incoming.channel, done.lang, done.reminders)
+        return self._committed(done.outcome)
 
     def _as_choice(self, event: Event, data: dict[str, Any]) -> Event:
         """Typed text that names an offered choice (its label in either language, or its number) is that choice."""

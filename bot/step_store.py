@@ -8,7 +8,8 @@ operation as one statement, so one round trip and one transaction: the inbox row
 then the new state, the sequence numbers, the replies and the inbox answer together. SQLAlchemy's async layer
 cost about 7 ms of CPU and some 20 round trips per step there (pool pre-ping, BEGIN/COMMIT, a greenlet per
 call); this path costs a fraction of a millisecond and 3 round trips. Either way the inbox row is committed
-before the step runs, and the new state, the replies and the inbox answer commit together.
+before a step with effects runs, and the new state, the replies and the inbox answer commit together; a step
+without effects commits with its inbox row (`begin_step`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,22 @@ class Begin:
     version: int | None  # None: no conversation yet
 
 
+@dataclass(slots=True)
+class PureStep:
+    """A step that ran without effects: what its commit writes, and the caller's own outcome passed through."""
+
+    state: str
+    data: str
+    payloads: list[dict[str, Any]]  # as stored; the commit gives each its `seq`
+    lang: str | None
+    reminders: bool
+    outcome: Any = None
+
+
+# Runs the step from where `begin` left the conversation; None when it has effects to run first.
+PureRun = Callable[[Begin], PureStep | None]
+
+
 class StepStore(Protocol):
     async def resolve_user(self, channel: str, external_id: str, lang: str, create: bool,
                            sealed: str | None = None) -> UserRef | None: ...
@@ -64,6 +81,14 @@ class StepStore(Protocol):
     async def commit(self, user_id: int, version: int | None, state: str, data: str,
                      payloads: list[dict[str, Any]], inbox_id: int | None, channel: str, lang: str | None,
                      reminders: bool) -> None: ...
+
+    async def begin_step(self, user_id: int, channel: str, dedupe_key: str | None, lang: str,
+                         run: PureRun) -> tuple[Begin, PureStep | None]:
+        """`begin`, then, for a delivery not seen before, `run`; when that needs no effect, its commit. With the
+        PureStep back the step is done; without it (a replay, or effects to run) the caller goes on from Begin.
+        SQLite does it all in one unit (one transaction, no second hand-over); a networked database in the two
+        round trips it needs anyway."""
+        ...
 
     async def messages_after(self, user_id: int, after: int, limit: int) -> list[str]: ...
 
@@ -120,6 +145,18 @@ _SELECT_SEEN = "SELECT id, last_seen_at FROM users WHERE channel = :channel AND 
 _MESSAGES_AFTER = (
     "SELECT payload FROM outbox WHERE user_id = :user_id AND seq > :after ORDER BY seq LIMIT :limit"
 )
+
+
+async def _begin_then_commit(store: StepStore, user_id: int, channel: str, dedupe_key: str | None, lang: str,
+                             run: PureRun) -> tuple[Begin, PureStep | None]:
+    begin = await store.begin(user_id, channel, dedupe_key, lang)
+    if begin.answer is not None:
+        return begin, None
+    done = run(begin)
+    if done is not None:
+        await store.commit(user_id, begin.version, done.state, done.data, done.payloads, begin.inbox_id, channel,
+                           done.lang, done.reminders)
+    return begin, done
 
 
 def _moment(value: Any) -> datetime:
@@ -183,6 +220,18 @@ def _commit(tx: _Tx, user_id: int, version: int | None, state: str, data: str, p
         # The replies as encoded for the outbox, spliced: what jsoncodec.dumps_str(payloads) writes, without encoding
         # twice.
         tx.run(_ANSWER_INBOX, {"now": now, "response": "[" + ",".join(encoded) + "]", "id": inbox_id})
+
+
+def _begin_step(tx: _Tx, user_id: int, channel: str, key: str | None, now: Any, lang: str,
+                run: PureRun) -> tuple[Begin, PureStep | None]:
+    begin = _begin(tx, user_id, channel, key, now, lang)
+    if begin.answer is not None:
+        return begin, None
+    done = run(begin)
+    if done is not None:
+        _commit(tx, user_id, begin.version, done.state, done.data, done.payloads, begin.inbox_id, channel, done.lang,
+                done.reminders, now)
+    return begin, done
 
 
 class _SqliteTx:
@@ -429,6 +478,13 @@ class SqliteStepStore:
         await self._submit(lambda tx: _commit(tx, user_id, version, state, data, payloads, inbox_id, channel, lang,
                                               reminders, tx.now))
 
+    async def begin_step(self, user_id: int, channel: str, dedupe_key: str | None, lang: str,
+                         run: PureRun) -> tuple[Begin, PureStep | None]:
+        # One unit: the inbox row, the step and its commit in one transaction, on the loop's thread. `run` is pure
+        # (the conversation machine and rendering), so running it again (a neighbour's failure reruns the batch
+        # with savepoints) is safe.
+        return await self._submit(lambda tx: _begin_step(tx, user_id, channel, dedupe_key, tx.now, lang, run))
+
     async def messages_after(self, user_id: int, after: int, limit: int) -> list[str]:
         rows = await self._submit(lambda tx: tx.all(_MESSAGES_AFTER, {"user_id": user_id, "after": after,
                                                                       "limit": limit}), write=False)
@@ -526,6 +582,10 @@ class SqlAlchemyStepStore:
         now = datetime.now(UTC)
         await self._unit(lambda tx: _commit(tx, user_id, version, state, data, payloads, inbox_id, channel, lang,
                                             reminders, now))
+
+    async def begin_step(self, user_id: int, channel: str, dedupe_key: str | None, lang: str,
+                         run: PureRun) -> tuple[Begin, PureStep | None]:
+        return await _begin_then_commit(self, user_id, channel, dedupe_key, lang, run)
 
     async def messages_after(self, user_id: int, after: int, limit: int) -> list[str]:
         rows = await self._unit(lambda tx: tx.all(_MESSAGES_AFTER, {"user_id": user_id, "after": after,
@@ -693,6 +753,10 @@ class AsyncpgStepStore:
         first = int(row[0])
         for offset, payload in enumerate(payloads):
             payload["seq"] = first + offset
+
+    async def begin_step(self, user_id: int, channel: str, dedupe_key: str | None, lang: str,
+                         run: PureRun) -> tuple[Begin, PureStep | None]:
+        return await _begin_then_commit(self, user_id, channel, dedupe_key, lang, run)
 
     async def messages_after(self, user_id: int, after: int, limit: int) -> list[str]:
         pool = await self._get_pool()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.step_store import ConflictError, SqliteStepStore, StepStore, step_store_for
+from bot.step_store import Begin, ConflictError, PureStep, SqliteStepStore, StepStore, step_store_for
 from bot.storage import Database
 
 
@@ -52,6 +52,24 @@ async def keeps_the_step_contract(store: StepStore) -> int:
     assert theirs.answer is None and theirs.inbox_id is None and theirs.version is None
     seen = await store.last_seen("web", "alice-ref")
     assert seen is not None and seen[0] == alice.id
+
+    # A step without effects commits with its inbox row; a replay gets the first answer without running again.
+    runs: list[Begin] = []
+
+    def menu(begun: Begin) -> PureStep:
+        runs.append(begun)
+        return PureStep("menu", '{"lang": "en"}', [{"text": "menu", "choices": []}], "en", True, outcome="mine")
+
+    begun, done = await store.begin_step(alice.id, "web", "k4", alice.lang, menu)
+    assert done is not None and done.outcome == "mine" and done.payloads[0]["seq"] == 4
+    assert begun.version == 2 and runs[-1].state == "settings"
+    again, replayed = await store.begin_step(alice.id, "web", "k4", alice.lang, menu)
+    assert replayed is None and again.answer == [{"seq": 4, "text": "menu", "choices": []}] and len(runs) == 1
+    # A step with effects (run gives None): only the inbox row commits, and the caller goes on from Begin.
+    pending, nothing = await store.begin_step(alice.id, "web", "k5", alice.lang, lambda begun: None)
+    assert nothing is None and pending.inbox_id is not None and (pending.state, pending.version) == ("menu", 3)
+    resumed = await store.begin(alice.id, "web", "k5", alice.lang)
+    assert resumed.answer is None and resumed.inbox_id == pending.inbox_id, "the delivery is known, not answered"
     return alice.id
 
 
@@ -96,6 +114,31 @@ async def test_a_failing_unit_leaves_its_batch_neighbours_committed(tmp_path: Pa
         assert [a.answer for a in answered] == [[{"seq": 1, "text": "hi 0", "choices": []}], None,
                                                 [{"seq": 1, "text": "hi 2", "choices": []}]]
         assert answered[1].version is None, "nothing of the refused unit was kept"
+    finally:
+        await store.close()
+        await db.close()
+
+
+async def test_a_step_without_effects_is_one_unit_on_sqlite(tmp_path: Path) -> None:
+    """The inbox row, the step and its commit in one transaction: one batch, where begin and commit took two."""
+    db, store = await sqlite_store(tmp_path)
+    try:
+        user = await store.resolve_user("web", "one", "en", True)
+        assert user is not None
+        lane = store._lanes[asyncio.get_running_loop()]
+        batches = lane.batches
+        _, done = await store.begin_step(user.id, "web", "o1", "en", lambda begun: PureStep(
+            "menu", "{}", [{"text": "hi"}], "en", True))
+        assert done is not None and lane.batches == batches + 1
+        assert (await store.begin(user.id, "web", "o1", "en")).answer == [{"seq": 1, "text": "hi"}]
+
+        def broken(begun: Begin) -> PureStep:
+            raise ValueError("a bug in the step")
+
+        with pytest.raises(ValueError):
+            await store.begin_step(user.id, "web", "o2", "en", broken)
+        fresh = await store.begin(user.id, "web", "o2", "en")
+        assert fresh.answer is None and fresh.version == 1, "nothing of the failed step stayed"
     finally:
         await store.close()
         await db.close()
