@@ -329,7 +329,8 @@ class SqliteStepStore:
     A step's SQL is a few indexed statements and a commit is a write to the WAL (synchronous=NORMAL: no fsync),
     so running it on the loop costs less than handing it to a thread. The writer thread this replaced paid a
     queue hand-over, a wake-up of the loop through its self-pipe and, above all, a GIL hand-over around every
-    statement, which kept the loop waiting (bench/dispatch_path.py: x1.17 updates per CPU second without it).
+    statement, which kept the loop waiting (bench/dispatch_path.py on uvloop: x1.12 to x1.24 updates per CPU second
+    without it).
     What could stall the loop is kept off it:
     - a lock another connection holds (the ORM's, the broadcast engine's): this connection never waits inside
       SQLite (busy timeout 0); the batch is tried again on a timer, with backoff, for as long as the busy timeout
