@@ -100,10 +100,10 @@ def main() -> None:
         sys.path.insert(0, os.getcwd())
         # On the loop `make run` ships (EVENT_LOOP, bot/loops.py), as bench/telegram_webhook.py runs ours.
         from bot.config import Settings
-        from bot.loops import loop_factory
+        from bot.loops import run_until_done
 
-        with asyncio.Runner(loop_factory=loop_factory(Settings(_env_file=None))) as runner:  # type: ignore[call-arg]
-            print(*(f"{v:.1f}" for v in runner.run(measure(args.measure))))
+        figures = run_until_done(Settings(_env_file=None), measure(args.measure))  # type: ignore[call-arg]
+        print(*(f"{v:.1f}" for v in figures))
         return
     trees = {"ours": ROOT}
     if args.base_tree:
