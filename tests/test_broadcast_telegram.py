@@ -31,8 +31,8 @@ TOKEN = "123456:TEST-broadcast"
 SECRET = "broadcast-test-secret"
 USERS = int(os.environ.get("BROADCAST_TEST_USERS", "10000"))
 # Telegram lifts the bot-wide limit to up to 1000/s for paid broadcasts; the fake enforces what it is given.
-BOT_LIMIT = 400
-BROADCAST_RATE = 300
+BOT_LIMIT = 800
+BROADCAST_RATE = 600
 OPTED_OUT = USERS // 50
 BLOCKED = USERS // 100
 THROTTLED = USERS // 200
