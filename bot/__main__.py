@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(mermaid())
         return 0
     settings = Settings()
-    configure(settings.log_level, settings.log_file)
+    configure(settings.log_level, settings.log_file, access=settings.access_log)
     # Alembic announces every plugin and revision at INFO on each start; only its warnings say anything.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.command == "wechat-menu":

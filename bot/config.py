@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="The event loop the server runs on: "
                                                      "uvloop (libuv's, faster), or asyncio's own.")
     log_file: str = Field("", description="Also write JSON logs to this file.")
+    access_log: bool = Field(True, description="A log line per HTTP request at INFO (path masked, query values left "
+                                               "out); false leaves requests unlogged and untimed.")
 
     @property
     def embedded_registry(self) -> bool:

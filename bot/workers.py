@@ -108,7 +108,7 @@ def serve(settings: Settings, workers: int) -> int:
     def post_fork(_server: Any, _worker: Any) -> None:
         from bot.structured_logs import configure
 
-        configure(level, settings.log_file)
+        configure(level, settings.log_file, access=settings.access_log)
 
     def child_exit(_server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess

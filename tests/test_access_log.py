@@ -3,9 +3,16 @@ neither reaches a log line."""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import aiohttp
+import pytest
 
 from bot.server import RunningServer
+from bot.structured_logs import AccessLogger, configure
 
 
 async def test_access_log_hides_session_ids_and_numbers(server: RunningServer, http: aiohttp.ClientSession,
@@ -21,3 +28,63 @@ async def test_access_log_hides_session_ids_and_numbers(server: RunningServer, h
     assert any("138****8000" in line for line in lines), lines
     logged = "\n".join(lines)
     assert session not in logged and "13800138000" not in logged
+
+
+@pytest.fixture
+def production_logging(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """`configure` as `python -m bot run` calls it (LOG_LEVEL, LOG_FILE, ACCESS_LOG), with the process's logging put
+    back after."""
+    root = logging.getLogger()
+    access = logging.getLogger("aiohttp.access")
+    saved = (root.handlers[:], root.level, access.level)
+    log_file = tmp_path / "bot.log"
+
+    def start(level: str, access: bool = True) -> Path:
+        configure(level, str(log_file), access=access)
+        return log_file
+
+    yield start
+    for handler in root.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    root.handlers[:], root.level = saved[0], saved[1]
+    access.setLevel(saved[2])
+
+
+async def test_at_info_every_request_is_logged_without_query_values(
+        server: RunningServer, production_logging: Callable[..., Path]) -> None:
+    """What `make run` writes: a line per request. WeChat's callback URL carries the sender's openid and a
+    signature in its query string; of a query only the parameter names are logged."""
+    log_file = production_logging("INFO")
+    async with aiohttp.ClientSession() as http:  # connections opened after configure, as in production
+        async with http.post(server.url + "/chat/api/sessions", json={}) as r:
+            session = (await r.json())["session"]
+        async with http.get(f"{server.url}/chat/api/sessions/{session}/messages", params={"after": "0"}) as r:
+            assert r.status == 200
+        openid = "oSecretOpenid4Zq9xWv"
+        async with http.post(server.url + "/wechat", params={"signature": "f00dcafe1234", "timestamp": "1790000000",
+                                                              "nonce": "8675309", "openid": openid}, data=b"") as r:
+            pass
+        async with http.get(server.url + "/no-such-page/13800138000", params={"phone": "13900139000"}) as r:
+            assert r.status == 404
+    lines = [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines()]
+    access = [line["msg"] for line in lines if line["logger"] == "aiohttp.access"]
+    assert any(" GET /chat/api/sessions/…/messages?after 200 " in msg for msg in access), access
+    assert any(" POST /wechat?signature&timestamp&nonce&openid " in msg for msg in access), access
+    assert any(" GET /no-such-page/138****8000?phone 404 " in msg for msg in access), access
+    logged = log_file.read_text(encoding="utf-8")
+    for secret in (session, openid, "f00dcafe1234", "8675309", "13900139000", "13800138000"):
+        assert secret not in logged, secret
+
+
+@pytest.mark.parametrize(("level", "access"), [("WARNING", True), ("INFO", False)])
+async def test_below_info_or_switched_off_no_request_is_timed_or_logged(
+        server: RunningServer, production_logging: Callable[..., Path], level: str, access: bool) -> None:
+    log_file = production_logging(level, access)
+    async with aiohttp.ClientSession() as http, http.get(server.url + "/healthz") as r:
+        assert r.status == 200
+    logging.getLogger("bot").info("an INFO line still goes out")
+    assert not AccessLogger(logging.getLogger("aiohttp.access"), "").enabled
+    logged = log_file.read_text(encoding="utf-8")
+    assert "aiohttp.access" not in logged
+    assert ("an INFO line still goes out" in logged) == (level == "INFO")

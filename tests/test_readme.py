@@ -5,6 +5,7 @@ commands run as far as they can here."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -162,6 +163,8 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, li
         assert base, "make run never said it was ready:\n" + "".join(before)
         for _ in range(3):  # the hint lines printed with the ready line
             before.append(proc.stdout.readline())
+        # The server goes on writing (a line per request at INFO): read on, or a full pipe would stall it.
+        threading.Thread(target=collections.deque, args=(proc.stdout, 0), daemon=True).start()
         yield base, before
     finally:
         watchdog.cancel()
