@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -37,6 +38,8 @@ def production_logging(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     root = logging.getLogger()
     access = logging.getLogger("aiohttp.access")
     saved = (root.handlers[:], root.level, access.level)
+    gathered = {name: getattr(logging, name) for name in ("_srcfile", "logThreads", "logProcesses",
+                                                          "logMultiprocessing")}
     log_file = tmp_path / "bot.log"
 
     def start(level: str, access: bool = True) -> Path:
@@ -49,6 +52,8 @@ def production_logging(tmp_path: Path) -> Iterator[Callable[..., Path]]:
             handler.close()
     root.handlers[:], root.level = saved[0], saved[1]
     access.setLevel(saved[2])
+    for name, value in gathered.items():
+        setattr(logging, name, value)
 
 
 async def test_at_info_every_request_is_logged_without_query_values(
@@ -88,3 +93,24 @@ async def test_below_info_or_switched_off_no_request_is_timed_or_logged(
     logged = log_file.read_text(encoding="utf-8")
     assert "aiohttp.access" not in logged
     assert ("an INFO line still goes out" in logged) == (level == "INFO")
+
+
+def test_a_log_line_is_one_json_object_with_its_extras_masked(production_logging: Callable[..., Path]) -> None:
+    """The production formatter (orjson, extras in name order, nothing gathered that no line prints) keeps every
+    field a line carries, non-ASCII text as it is, and masks numbers wherever they appear."""
+    log_file = production_logging("INFO")
+    log = logging.getLogger("bot.test")
+    try:
+        raise ValueError("号码 13800138000 不可用")
+    except ValueError:
+        log.exception("提交失败 for %s", "13900139000", extra={"route": "/x", "attempt": 2,
+                                                            "when": datetime(2026, 12, 1, tzinfo=UTC),
+                                                            "phone": "13700137000"})
+    [line] = [json.loads(text) for text in log_file.read_text(encoding="utf-8").splitlines()]
+    assert line["level"] == "error" and line["logger"] == "bot.test"
+    assert line["msg"] == "提交失败 for 139****9000"
+    assert [key for key in line if key not in ("ts", "level", "logger", "msg", "exc")] == [
+        "attempt", "phone", "route", "when"]
+    assert line["attempt"] == 2 and line["phone"] == "137****7000" and line["when"].startswith("2026-12-01 00:00")
+    assert "ValueError: 号码 138****8000 不可用" in line["exc"]
+    assert "13800138000" not in log_file.read_text(encoding="utf-8")
