@@ -44,6 +44,10 @@ def _scrubbed_text(value: Any) -> str:
 _SESSION_RE = re.compile(r"(/chat/api/sessions/)[^/?#]+")
 
 
+# Probes and scrapes that a supervisor or Prometheus repeats every few seconds: logged only when they fail.
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 class AccessLogger(AbstractAccessLogger):
     """One INFO line per request: the path with session ids cut out and every mobile or ID number masked, and of
     the query string only its parameter names. Values stay out: WeChat's callback URL carries the sender's openid
@@ -55,6 +59,8 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if response.status < 400 and request.path in _QUIET_PATHS:
+            return
         path = _SESSION_RE.sub(r"\1…", request.path)
         if request.query_string:
             path += "?" + "&".join(dict.fromkeys(request.query))

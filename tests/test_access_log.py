@@ -72,11 +72,19 @@ async def test_at_info_every_request_is_logged_without_query_values(
             pass
         async with http.get(server.url + "/no-such-page/13800138000", params={"phone": "13900139000"}) as r:
             assert r.status == 404
+        for probe in ("/healthz", "/readyz", "/metrics"):  # repeated every few seconds by supervisors and scrapers
+            async with http.get(server.url + probe) as r:
+                assert r.status == 200, probe
+        async with http.post(server.url + "/healthz") as r:
+            refused = r.status
     lines = [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines()]
     access = [line["msg"] for line in lines if line["logger"] == "aiohttp.access"]
     assert any(" GET /chat/api/sessions/…/messages?after 200 " in msg for msg in access), access
     assert any(" POST /wechat?signature&timestamp&nonce&openid " in msg for msg in access), access
     assert any(" GET /no-such-page/138****8000?phone 404 " in msg for msg in access), access
+    assert not [msg for msg in access if " 200 " in msg and (" /healthz " in msg or " /readyz " in msg
+                                                             or " /metrics " in msg)], access
+    assert refused >= 400 and any(f" POST /healthz {refused} " in msg for msg in access), "a failed probe is logged"
     logged = log_file.read_text(encoding="utf-8")
     for secret in (session, openid, "f00dcafe1234", "8675309", "13900139000", "13800138000"):
         assert secret not in logged, secret
