@@ -55,6 +55,7 @@ from aiohttp import web
 from sqlalchemy import Connection, TextClause, bindparam, text
 
 from bot import identities, jsoncodec, metrics
+from bot.loops import stop_requested
 from bot.storage import Broadcast, Database, sqlite_time, utcnow
 from bot.vault import Vault
 
@@ -732,6 +733,7 @@ class BroadcastEngine:
         await self.reclaim(everything=self.db.is_sqlite)
         last_reclaim = time.monotonic()
         while not self._stopping:
+            stop_requested()
             try:
                 if time.monotonic() - last_reclaim > min(30.0, self.lease.total_seconds() / 2):
                     await self.reclaim(everything=False)

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bot.loops import stop_requested
 from bot.storage import Database, Job, sqlite_time, utcnow
 from domain.masking import scrub
 
@@ -178,6 +179,7 @@ class JobScheduler:
 
     async def run_forever(self, poll_seconds: float = 1.0) -> None:
         while True:
+            stop_requested()
             try:
                 while await self.run_due() > 0:
                     pass

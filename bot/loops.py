@@ -36,6 +36,16 @@ def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] 
     return factory
 
 
+def stop_requested() -> None:
+    """Raises CancelledError when the running task was asked to stop, even if the request got lost on the way.
+    Python 3.11's asyncio.wait_for returns its result instead of raising when a cancellation lands just as what it
+    waits for finishes (gh-86296, fixed in 3.12); a task that loops forever then never stops, and the closing loop
+    (asyncio.run, pytest's) waits for it for good. Such a loop calls this once a round."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def run_until_done(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
     """asyncio.run on the event loop the settings name."""
     with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:

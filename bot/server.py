@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -70,15 +70,17 @@ def create_app(settings: Settings) -> web.Application:
     app[chat.CODE_GATE] = chat.CodeGate()
     app.on_response_prepare.append(guard.security_headers)
 
-    async def startup(_app: web.Application) -> None:
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        # A cleanup context, not an on_startup/on_cleanup pair: when a later start step fails (a channel's setting
+        # the platform refuses), aiohttp still runs the part after `yield`, so the scheduler does not outlive the
+        # failed start (and the loop's close does not wait on it).
         await db.create_all()
         await identities.rekey(db, rt.vault)  # rows from before channel ids were sealed; a no-op after
         register_jobs(rt)
         await rt.jobs.schedule("retention.purge", "retention.purge", {}, utcnow())
         await rt.jobs.schedule("unbind.sweep", "unbind.sweep", {}, utcnow())
         rt.background.append(asyncio.create_task(rt.jobs.run_forever(settings.scheduler_poll_seconds)))
-
-    async def cleanup(_app: web.Application) -> None:
+        yield
         for task in rt.background:
             task.cancel()
         await asyncio.gather(*rt.background, return_exceptions=True)
@@ -88,8 +90,7 @@ def create_app(settings: Settings) -> web.Application:
             log.exception("could not hand back claimed jobs; their leases will run out instead")
         await rt.close()
 
-    app.on_startup.append(startup)
-    app.on_cleanup.append(cleanup)
+    app.cleanup_ctx.append(lifecycle)
     chat.routes(app)
     ops.routes(app, sandbox_sms_enabled=rt.sandbox_sms is not None)
     registry_callback.routes(app)
@@ -147,14 +148,23 @@ async def start_server(settings: Settings) -> RunningServer:
     # keepalive_timeout also closes a connection that has not finished its first request's headers in time
     # (aiohttp arms it at connection start): the slow-header guard.
     runner = web.AppRunner(app, access_log_class=AccessLogger, keepalive_timeout=settings.http_header_timeout)
-    await runner.setup()
-    assert runner.server is not None
-    guard.cap_connections(runner.server, settings.max_connections_per_address, settings.trusted_proxies)
-    guard.throttle_asyncio_log()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    port = int(runner.addresses[0][1])
-    await serving(app, settings, port)
+    try:
+        await runner.setup()
+        assert runner.server is not None
+        guard.cap_connections(runner.server, settings.max_connections_per_address, settings.trusted_proxies)
+        guard.throttle_asyncio_log()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        port = int(runner.addresses[0][1])
+        await serving(app, settings, port)
+    except BaseException:
+        # A start that fails half-way (a setting a platform refuses, a port in use) stops what the steps before it
+        # started (the job scheduler, sessions, the database), and the failure is what the caller sees.
+        try:
+            await runner.cleanup()
+        except Exception:
+            log.exception("cleanup after a failed start")
+        raise
     return RunningServer(app, runner, port)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -120,3 +121,41 @@ async def test_two_schedulers_on_one_sqlite_file_never_run_a_job_twice(tmp_path:
     assert sorted(runs) == sorted(f"job-{i}" for i in range(60))
     await first.close()
     await second.close()
+
+
+async def test_a_cancellation_lost_in_a_round_still_stops_the_scheduler(db: Database) -> None:
+    """Python 3.11's asyncio.wait_for can return its result instead of raising when a cancellation lands just as
+    its awaitable finishes. A round that loses the cancellation that way must not keep the scheduler running, or
+    the closing event loop (asyncio.run, pytest's) waits for it for good."""
+    scheduler = JobScheduler(db)
+    entered = asyncio.Event()
+    rounds = 0
+    halt = False
+
+    class Halt(BaseException):
+        """Ends the loop if the fix regresses, so the test fails instead of hanging the event loop's close."""
+
+    async def run_due() -> int:
+        nonlocal rounds
+        if halt:
+            raise Halt
+        rounds += 1
+        entered.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            return 0  # what wait_for does in that race: the result, not the cancellation
+        return 0
+
+    scheduler.run_due = run_due  # type: ignore[method-assign]
+    task = asyncio.create_task(scheduler.run_forever(poll_seconds=0))
+    await entered.wait()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=30)
+    if not done:
+        halt = True
+        task.cancel()  # lost again, and the next round halts
+        with contextlib.suppress(Halt, asyncio.CancelledError):
+            await task
+    assert done and task.cancelled(), "the scheduler stopped at its next round"
+    assert rounds == 1

@@ -841,6 +841,9 @@ async def test_each_misconfiguration_stops_the_start_naming_the_setting(
     with pytest.raises(ConfigurationError, match=re.escape(setting)):
         await wx_factory(**overrides)
     assert fake_api.sent(CUSTOM_SEND) == [] and fake_api.sent(TEMPLATE_SEND) == []
+    # The failed start stopped what its earlier steps started: no scheduler or sender loop outlives it (the process
+    # would wait on them at exit instead of saying which setting to fix).
+    assert not [t for t in asyncio.all_tasks() if "run_forever" in repr(t.get_coro())]
 
 
 async def test_a_configuration_error_at_run_time_is_reported_once_and_not_retried(

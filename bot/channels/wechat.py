@@ -577,7 +577,11 @@ def setup_wechat(app: web.Application, rt: Runtime) -> None:
     async def start_sender(_app: web.Application) -> None:
         # Fails the start (ConfigurationError, naming the setting) when WeChat says the account cannot do
         # what the settings declare.
-        await confirm(channel.caps, channel.api, rt.settings)
+        try:
+            await confirm(channel.caps, channel.api, rt.settings)
+        except BaseException:
+            await channel.api.close()  # a failed start runs no shutdown hook: nothing else closes this session
+            raise
         rt.background.append(asyncio.create_task(channel.sender.run_forever()))
 
     async def drain(_app: web.Application) -> None:
