@@ -965,3 +965,18 @@ async def test_two_workers_share_one_customer_service_window(wx_factory: Callabl
     attempts = [c for c in first.fake.calls if c.path == CUSTOM_SEND and c.body.get("touser") == talker.openid]
     assert len(first.fake.texts(talker.openid)) == 5
     assert len(attempts) == 5, "no send beyond the window, from either worker"
+
+
+async def test_a_failed_start_with_redis_leaves_no_staff_listener(wx_factory: Any, fake_api: FakeWeChatApi) -> None:
+    """With REDIS_URL the staff console's live updates subscribe at start; a start that then fails on a WeChat
+    setting stops that subscription with everything else."""
+    from tests.test_budgets import redis_url_or_skip
+
+    redis_url = await redis_url_or_skip()
+    fake_api.account = "verified_subscription"
+    with pytest.raises(ConfigurationError, match="WECHAT_TEMPLATE_ID"):
+        await wx_factory(wechat_account="verified_service", wechat_template_id="tpl-status",
+                         wechat_template_fields="thing1=summary", redis_url=redis_url)
+    loops = ("LiveHub._listen", "run_forever")
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()
+                and any(name in repr(t.get_coro()) for name in loops)]

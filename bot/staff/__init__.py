@@ -6,6 +6,7 @@ ID number, or logs one.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -28,11 +29,10 @@ def setup_staff(app: web.Application, rt: Runtime) -> None:
     rt.jobs.register(TIMEOUT_JOB, tickets.timeout_job)
     console.setup(app, rt, tickets, live)
 
-    async def start(_app: web.Application) -> None:
+    async def listening(_app: web.Application) -> AsyncIterator[None]:
+        # A cleanup context: its listener stops even when a later start step fails (bot/server.py, lifecycle).
         await live.start()
-
-    async def stop(_app: web.Application) -> None:
+        yield
         await live.close()
 
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
+    app.cleanup_ctx.append(listening)

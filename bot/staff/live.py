@@ -16,6 +16,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from bot.loops import stop_requested
+
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 256
@@ -65,6 +67,7 @@ class LiveHub:
         subscribed_before = False
         backoff = 1.0
         while True:
+            stop_requested()
             pubsub = self._subscriber.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
@@ -105,6 +108,7 @@ class LiveHub:
         listened_before = False
         backoff = 1.0
         while True:
+            stop_requested()
             try:
                 lost = asyncio.Event()
                 self._pg = await asyncpg.connect(self.postgres_dsn, timeout=5)
