@@ -59,9 +59,10 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if response.status < 400 and request.path in _QUIET_PATHS:
+        path = request.path
+        if response.status < 400 and path in _QUIET_PATHS:
             return
-        path = _SESSION_RE.sub(r"\1…", request.path)
+        path = _SESSION_RE.sub(r"\1…", path)
         if request.query_string:
             path += "?" + "&".join(dict.fromkeys(request.query))
         self.logger.info("%s %s %s %d %.3fs", request.remote, request.method, scrub(path), response.status, time)

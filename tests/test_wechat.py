@@ -47,6 +47,7 @@ from tests.fakes.fake_wechat_api import (
     Window,
     url_signature,
 )
+from tests.test_budgets import redis_url_or_skip
 from tests.test_postgres import pg_url  # noqa: F401 - the fixture
 
 TOKEN = "test-token-123"
@@ -970,8 +971,6 @@ async def test_two_workers_share_one_customer_service_window(wx_factory: Callabl
 async def test_a_failed_start_with_redis_leaves_no_staff_listener(wx_factory: Any, fake_api: FakeWeChatApi) -> None:
     """With REDIS_URL the staff console's live updates subscribe at start; a start that then fails on a WeChat
     setting stops that subscription with everything else."""
-    from tests.test_budgets import redis_url_or_skip
-
     redis_url = await redis_url_or_skip()
     fake_api.account = "verified_subscription"
     with pytest.raises(ConfigurationError, match="WECHAT_TEMPLATE_ID"):
