@@ -10,7 +10,8 @@ peak, for our adapter and, in the same run against the same fake Bot API, three 
   rawuv    the same on uvloop, the loop ours runs on as `make run` ships it (EVENT_LOOP): the ceiling on one loop
 
 The flow is two steps per user: `/menu` (reply: a menu with an inline keyboard), then one second later a tap
-on "settings" (answerCallbackQuery + reply: the settings menu). Every update gets exactly one sendMessage.
+on "settings" (answerCallbackQuery + reply: the settings menu). Every update gets exactly one sendMessage, and
+every peer sends ours' own replies (MENU, SETTINGS), so the fake and the wire carry the same bytes for all.
 Ours answers the tap's callback query in its webhook response (Telegram runs that method; the load generator
 does it here, as Telegram would); the peers call answerCallbackQuery themselves, their frameworks' default.
 Latency is from an update's scheduled send time to its reply reaching the fake Bot API (the same monotonic
@@ -65,8 +66,21 @@ TOKEN = "123:ABC"
 SECRET = "bench-secret"
 CLICK_DELAY = 1.0
 MAX_CONNECTIONS = 40
-MENU = [("lookup", "Look up bindings"), ("unbind", "Unbind"), ("settings", "Settings"), ("menu", "Back")]
-SETTINGS = [("language", "Change language"), ("reminders", "Turn reminders off"), ("menu", "Back to menu")]
+# What ours answers to the two steps in English, word for word and button for button: every peer sends the same
+# replies, so the fake Bot API and the wire carry the same bytes for all (tests/test_telegram.py checks ours still
+# says exactly this).
+MENU_TEXT = "What would you like to do?"
+MENU = [("lookup", "Look up bindings"), ("unbind", "Unbind previous holder's accounts"),
+        ("recycle", "Is this number second-hand?"), ("tag", "Number tagging"), ("plan", "Pre-cancellation plan"),
+        ("requests", "My requests"), ("guide", "Platforms to fix by hand"), ("human", "Talk to staff"),
+        ("settings", "Settings")]
+SETTINGS_TEXT = "Settings\nLanguage: English\nReminders: on"
+SETTINGS = [("language", "Change language"), ("reminders", "Turn reminders off"), ("forget", "Delete my data"),
+            ("menu", "Back to menu")]
+
+
+def keyboard(buttons: list[tuple[str, str]]) -> dict[str, Any]:
+    return {"inline_keyboard": [[{"text": label, "callback_data": cid}] for cid, label in buttons]}
 
 
 def free_port() -> int:
@@ -86,14 +100,13 @@ def menu_update(update_id: int, chat_id: int) -> bytes:
 
 
 def click_update(update_id: int, chat_id: int) -> bytes:
-    keyboard = [[{"text": label, "callback_data": cid}] for cid, label in MENU]
     return json.dumps({"update_id": update_id, "callback_query": {
         "id": f"q{update_id}", "chat_instance": "c", "data": "settings",
         "from": {"id": chat_id, "is_bot": False, "first_name": "B", "language_code": "en"},
         "message": {"message_id": 1, "date": int(time.time()), "text": "menu",
                     "chat": {"id": chat_id, "type": "private", "first_name": "B"},
                     "from": {"id": 123, "is_bot": True, "first_name": "Haoqing"},
-                    "reply_markup": {"inline_keyboard": keyboard}}}}).encode()
+                    "reply_markup": keyboard(MENU)}}}).encode()
 
 
 # ---- the servers under test (run with --serve in their own process) --------------------------------
@@ -154,15 +167,14 @@ async def serve_ptb(port: int, api: str) -> web.AppRunner:
 
     async def menu(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
         assert update.message is not None
-        await update.message.reply_text("What would you like to do?", reply_markup=menu_kb)
+        await update.message.reply_text(MENU_TEXT, reply_markup=menu_kb)
         return in_menu
 
     async def settings(update: Update, context: ContextTypes.DEFAULT_TYPE) -> int:
         query = update.callback_query
         assert query is not None and query.message is not None
         await query.answer()
-        await query.message.reply_text("Settings\nLanguage: English\nReminders: on",  # type: ignore[union-attr]
-                                       reply_markup=settings_kb)
+        await query.message.reply_text(SETTINGS_TEXT, reply_markup=settings_kb)  # type: ignore[union-attr]
         return in_settings
 
     conversation = ConversationHandler(
@@ -208,14 +220,14 @@ async def serve_aiogram(port: int, api: str) -> web.AppRunner:
     @router.message(Command("menu"))
     async def menu(message: Message, state: FSMContext) -> None:
         await state.set_state(Flow.menu)
-        await message.answer("What would you like to do?", reply_markup=menu_kb)
+        await message.answer(MENU_TEXT, reply_markup=menu_kb)
 
     @router.callback_query(Flow.menu, F.data == "settings")
     async def settings(query: CallbackQuery, state: FSMContext) -> None:
         await query.answer()
         await state.set_state(Flow.settings)
         assert query.message is not None
-        await query.message.answer("Settings\nLanguage: English\nReminders: on", reply_markup=settings_kb)
+        await query.message.answer(SETTINGS_TEXT, reply_markup=settings_kb)
 
     dispatcher = Dispatcher(storage=MemoryStorage(), events_isolation=SimpleEventIsolation())
     dispatcher.include_router(router)
@@ -239,7 +251,7 @@ async def serve_raw(port: int, api: str) -> web.AppRunner:
         await session.close()
 
     base = f"{api}{TOKEN}"
-    menu_kb = {"inline_keyboard": [[{"text": label, "callback_data": cid}] for cid, label in MENU]}
+    menu_kb, settings_kb = keyboard(MENU), keyboard(SETTINGS)
 
     async def webhook(request: web.Request) -> web.Response:
         update = await request.json()
@@ -247,11 +259,10 @@ async def serve_raw(port: int, api: str) -> web.AppRunner:
             query = update["callback_query"]
             async with session.post(f"{base}/answerCallbackQuery", json={"callback_query_id": query["id"]}) as r:
                 await r.read()
-            chat_id = query["message"]["chat"]["id"]
+            reply = {"chat_id": query["message"]["chat"]["id"], "text": SETTINGS_TEXT, "reply_markup": settings_kb}
         else:
-            chat_id = update["message"]["chat"]["id"]
-        async with session.post(f"{base}/sendMessage", json={"chat_id": chat_id, "text": "menu",
-                                                               "reply_markup": menu_kb}) as r:
+            reply = {"chat_id": update["message"]["chat"]["id"], "text": MENU_TEXT, "reply_markup": menu_kb}
+        async with session.post(f"{base}/sendMessage", json=reply) as r:
             await r.read()
         return web.Response()
 

@@ -242,6 +242,20 @@ async def test_webhook_is_registered_with_secret_and_commands_in_both_languages(
     assert fake.commands[""] == fake.commands["zh"]
 
 
+async def test_the_webhook_bench_peers_send_what_ours_sends(srv: TgServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/telegram_webhook.py has every peer send ours' own replies, word for word and button for button, so
+    that the fake and the wire carry the same bytes for all: ours, fed the bench's two updates, still says that."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    import telegram_webhook as bench
+
+    chat = 777_001
+    for body in (bench.menu_update(1, chat), bench.click_update(2, chat)):
+        assert await srv.post({}, raw=body) == 200
+    sent = [(c["text"], c.get("reply_markup")) for c in srv.fake.sent(chat)]
+    assert sent == [(bench.MENU_TEXT, bench.keyboard(bench.MENU)),
+                    (bench.SETTINGS_TEXT, bench.keyboard(bench.SETTINGS))]
+
+
 async def test_forged_or_missing_secret_is_refused_before_anything_runs(srv: TgServer) -> None:
     update = tg.message(5001, text="/start")
     assert await srv.post(update, secret="wrong") == 403
